@@ -1,0 +1,85 @@
+"""The one ``fraudstream`` command. Each package owns its subcommands and registers them
+here; this module only loads the settings (once) and wires the tree together."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fraudstream import __version__
+from fraudstream.errors import FraudstreamError
+from fraudstream.settings import Settings, load_settings
+
+console = Console(stderr=True)
+app = typer.Typer(
+    name="fraudstream",
+    help="Real-time fraud decisions for payment processors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def settings_from(ctx: typer.Context) -> Settings:
+    """The settings the root command loaded; subcommands call this, never load their own."""
+    root = ctx.find_root()
+    assert isinstance(root.obj, Settings), "settings are loaded by the root callback"
+    return root.obj
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Settings file (default: config/fraudstream.toml)."),
+    ] = None,
+) -> None:
+    try:
+        ctx.obj = load_settings(config, os.environ)
+    except FraudstreamError as exc:
+        console.print(f"[red]configuration rejected[/red]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the fraudstream version and the versions of the parts it runs on."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    typer.echo(f"fraudstream {__version__}")
+    for dist in ("faust-streaming", "aiokafka", "xgboost", "torch", "torch-geometric", "redis"):
+        try:
+            typer.echo(f"  {dist} {dist_version(dist)}")
+        except PackageNotFoundError:
+            typer.echo(f"  {dist} (not installed)")
+
+
+def _register_subcommands() -> None:
+    # Imported here so that each package owns its commands and `fraudstream version`
+    # stays fast; the heavy imports happen inside each command.
+    from fraudstream.devstack.cli import devstack_app
+    from streams.cli import register as register_streams
+
+    app.add_typer(devstack_app, name="devstack")
+    register_streams(app)
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    try:
+        app()
+    except FraudstreamError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""One exception tree for the whole engine.
+
+Every error carries the data a caller needs to act on it (which file, which key, which
+layer, which port) as attributes, not only in its message, in the spirit of httpx's
+``_exceptions.py``. Catch ``FraudstreamError`` to catch everything the engine raises on
+purpose; anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FraudstreamError(Exception):
+    """Base of every error fraudstream raises on purpose."""
+
+
+# --- configuration -------------------------------------------------------------------
+
+
+class ConfigError(FraudstreamError):
+    """A configuration value was rejected.
+
+    ``source`` names where the value came from: a file path or an environment variable.
+    ``line`` is set when the source is a file and the key could be located in it.
+    """
+
+    def __init__(self, source: str, key: str, reason: str, line: int | None = None) -> None:
+        self.source = source
+        self.key = key
+        self.reason = reason
+        self.line = line
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {key}: {reason}")
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration values were rejected at once; ``errors`` holds each."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.source, first.key, first.reason, first.line)
+        self.args = ("\n".join(str(e) for e in errors),)
+
+
+class RuleFileError(ConfigError):
+    """An ops-edited rule file was rejected; the running engine keeps the last good one."""
+
+
+# --- dev stack -----------------------------------------------------------------------
+
+
+class DevstackError(FraudstreamError):
+    """The local Kafka + Redis stack could not be managed."""
+
+
+class PortInUseError(DevstackError):
+    def __init__(self, service: str, host: str, port: int) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        super().__init__(
+            f"{service}: port {port} on {host} is already in use by another process; "
+            f"stop it or set a different port in the [devstack] settings"
+        )
+
+
+class ServiceStartError(DevstackError):
+    def __init__(self, service: str, reason: str, log_path: Path | None = None) -> None:
+        self.service = service
+        self.reason = reason
+        self.log_path = log_path
+        tail = f" (see {log_path})" if log_path else ""
+        super().__init__(f"{service} did not start: {reason}{tail}")
+
+
+class ToolMissingError(DevstackError):
+    def __init__(self, tool: str, hint: str) -> None:
+        self.tool = tool
+        self.hint = hint
+        super().__init__(f"{tool} is required but was not found: {hint}")
+
+
+# --- feature store -------------------------------------------------------------------
+
+
+class FeatureStoreError(FraudstreamError):
+    """The online feature store failed; no partial update was left behind."""
+
+
+class FeatureStoreUnavailable(FeatureStoreError):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"feature store unavailable: {reason}")
+
+
+class FeatureStoreTimeout(FeatureStoreError):
+    def __init__(self, timeout_ms: float) -> None:
+        self.timeout_ms = timeout_ms
+        super().__init__(f"feature store did not answer within {timeout_ms:g} ms")
+
+
+# --- scoring -------------------------------------------------------------------------
+
+
+class ScoringError(FraudstreamError):
+    """A scoring layer failed."""
+
+
+class LayerError(ScoringError):
+    def __init__(self, layer: str, reason: str) -> None:
+        self.layer = layer
+        self.reason = reason
+        super().__init__(f"layer {layer!r} failed: {reason}")
+
+
+class LayerTimeout(LayerError):
+    def __init__(self, layer: str, budget_ms: float, elapsed_ms: float) -> None:
+        self.budget_ms = budget_ms
+        self.elapsed_ms = elapsed_ms
+        super().__init__(layer, f"took {elapsed_ms:.1f} ms, over its {budget_ms:g} ms budget")
+
+
+class CircuitOpenError(LayerError):
+    def __init__(self, layer: str) -> None:
+        super().__init__(layer, "circuit breaker is open; layer skipped")
+
+
+# --- models and artefacts ------------------------------------------------------------
+
+
+class ModelError(FraudstreamError):
+    """A model artefact could not be used."""
+
+
+class UnsafeArtifactError(ModelError):
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"refusing to load {path}: {reason}")
+
+
+class ArtifactDigestError(ModelError):
+    def __init__(self, path: str, expected: str, actual: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{path}: digest {actual} does not match the recorded {expected}")
+
+
+class FeatureHashMismatch(ModelError):
+    def __init__(self, model_hash: str, running_hash: str) -> None:
+        self.model_hash = model_hash
+        self.running_hash = running_hash
+        super().__init__(
+            f"model was trained on feature definitions {model_hash}, "
+            f"but this engine runs feature definitions {running_hash}"
+        )

@@ -1,0 +1,299 @@
+"""One frozen, typed settings object, loaded once at the entry point and passed down.
+
+Precedence, lowest first: defaults in code < ``config/fraudstream.toml`` (or the file
+named by ``--config``) < environment variables ``FRAUDSTREAM__SECTION__KEY``.
+Secrets are ``SecretStr`` so they never appear in reprs or logs.
+
+A rejected value stops start-up with a ``ConfigError`` naming the source (file and
+line, or environment variable), the key and the reason. This module is the only place
+that looks at the process environment, and only through the mapping the entry point
+hands it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from fraudstream.errors import ConfigError, ConfigErrors
+
+ENV_PREFIX = "FRAUDSTREAM__"
+ENV_NESTED_DELIMITER = "__"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "fraudstream.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicSettings(_Section):
+    transactions: str = "transactions"
+    decisions: str = "decisions"
+    decisions_shadow: str = "decisions.shadow"
+    labels: str = "labels"
+    authorizations: str = "authorizations"
+    settlements: str = "settlements"
+    reconciliation_exceptions: str = "reconciliation.exceptions"
+    deadletter: str = "deadletter"
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:19092"], min_length=1)
+    client_id: str = "fraudstream"
+    topics: TopicSettings = TopicSettings()
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=7)
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Passed straight through to aiokafka / Faust. PLAINTEXT for the dev stack; use
+    # SASL_SSL with SCRAM in production.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_"):
+            if self.sasl_mechanism is None:
+                raise ValueError(f"sasl_mechanism is required with {self.security_protocol}")
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError("sasl_username and sasl_password are required with SASL")
+        return self
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:16379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+    socket_timeout_ms: float = Field(default=50.0, gt=0)
+    connect_timeout_ms: float = Field(default=200.0, gt=0)
+    ssl_ca_certs: Path | None = None
+
+    @model_validator(mode="after")
+    def _url_scheme(self) -> RedisSettings:
+        if not re.match(r"^(redis|rediss|unix)://", self.url):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        return self
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    registry_uri: str | None = None
+    experiment: str = "fraudstream"
+    model_name: str = "fraudstream-engine"
+
+
+class ScoringSettings(_Section):
+    review_threshold: float = Field(default=0.30, ge=0.0, le=1.0)
+    decline_threshold: float = Field(default=0.80, ge=0.0, le=1.0)
+    # Thresholds used while a layer is skipped by its breaker: the fallback ensemble is
+    # less sure of itself, so ops usually route more to review.
+    fallback_review_threshold: float = Field(default=0.25, ge=0.0, le=1.0)
+    fallback_decline_threshold: float = Field(default=0.90, ge=0.0, le=1.0)
+    max_batch_size: int = Field(default=256, ge=1, le=100_000)
+    batch_window_ms: float = Field(default=5.0, gt=0)
+    # Hard per-decision deadline; past it the default action is emitted instead.
+    deadline_ms: float = Field(default=100.0, gt=0)
+    default_action: Literal["approve", "review", "decline"] = "review"
+    rules_file: Path = PROJECT_ROOT / "config" / "rules.toml"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoringSettings:
+        if self.review_threshold > self.decline_threshold:
+            raise ValueError("review_threshold must not exceed decline_threshold")
+        if self.fallback_review_threshold > self.fallback_decline_threshold:
+            raise ValueError("fallback_review_threshold must not exceed fallback_decline_threshold")
+        return self
+
+
+class BreakerSettings(_Section):
+    failure_threshold: int = Field(default=3, ge=1)
+    reset_timeout_s: float = Field(default=5.0, gt=0)
+    latency_budget_ms: float = Field(default=20.0, gt=0)
+    half_open_probes: int = Field(default=1, ge=1)
+
+
+class WorkerSettings(_Section):
+    app_id: str = "fraudstream"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Faust keeps table state here; changelog topics make it survive a lost disk.
+    data_dir: Path = PROJECT_ROOT / ".devstack" / "faust"
+
+
+class DevstackSettings(_Section):
+    home: Path = PROJECT_ROOT / ".devstack"
+    host: str = "127.0.0.1"
+    kafka_port: int = Field(default=19092, ge=1, le=65535)
+    kafka_controller_port: int = Field(default=19093, ge=1, le=65535)
+    redis_port: int = Field(default=16379, ge=1, le=65535)
+    kafka_heap: str = "512m"
+    start_timeout_s: float = Field(default=90.0, gt=0)
+
+
+class DataSettings(_Section):
+    handbook_path: Path = PROJECT_ROOT.parent / "shared" / "data" / "handbook" / "transactions.parquet"
+
+
+class Settings(BaseSettings):
+    """Everything fraudstream can be told. Frozen: build a new one to change it."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    worker: WorkerSettings = WorkerSettings()
+    devstack: DevstackSettings = DevstackSettings()
+    data: DataSettings = DataSettings()
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """Reads the mapping the entry point passed, never the process environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._given_env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._given_env.items()}
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "-", f"cannot read file: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        line = int(match.group(1)) if match else None
+        raise ConfigError(str(path), "-", f"invalid TOML: {exc}", line) from exc
+
+
+def locate_key(text: str, dotted: str) -> int | None:
+    """1-based line of ``dotted`` (``section.sub.key``) in TOML ``text``, if written there."""
+    *tables, key = dotted.split(".")
+    want_table = ".".join(tables)
+    current = ""
+    table_line: int | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        header = re.match(r"^\[([^\[\]]+)\]", line)
+        if header:
+            current = header.group(1).strip()
+            if current == want_table:
+                table_line = number
+            continue
+        assignment = re.match(r"^([A-Za-z0-9_.\-\"]+)\s*=", line)
+        if assignment:
+            name = assignment.group(1).replace('"', "")
+            full = f"{current}.{name}" if current else name
+            if full == dotted:
+                return number
+    return table_line
+
+
+def _env_name_for(loc: tuple[str, ...], env: Mapping[str, str]) -> str | None:
+    """The environment variable that set ``loc`` (or a parent of it), if any."""
+    upper = {k.upper(): k for k in env}
+    for depth in range(len(loc), 0, -1):
+        name = ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in loc[:depth])
+        if name in upper:
+            return upper[name]
+    # A whole-section check (e.g. SASL needs credentials) failed: name the variables
+    # that fed that section.
+    section = ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in loc) + ENV_NESTED_DELIMITER
+    fed = sorted(original for name, original in upper.items() if name.startswith(section))
+    return ", ".join(fed) if fed else None
+
+
+def load_settings(
+    config_file: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings from ``config_file`` (default ``config/fraudstream.toml``) and
+    ``env`` (the entry point passes ``os.environ``; tests pass a dict).
+
+    A missing default file is fine (code defaults apply); a named file must exist.
+    """
+    env = {k: v for k, v in (env or {}).items() if k.upper().startswith(ENV_PREFIX)}
+    path = config_file if config_file is not None else DEFAULT_CONFIG_FILE
+    if config_file is None and not path.exists():
+        file_data: dict[str, Any] = {}
+        text = ""
+    else:
+        file_data = _read_toml(path)
+        text = path.read_text(encoding="utf-8")
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (_MappingEnvSource(settings_cls, env), _DictSource(settings_cls, file_data))
+
+    try:
+        loaded = _Loaded()
+    except ValidationError as exc:
+        raise _explain(exc, path, text, env) from None
+    # Hand back the plain class so callers never see the loader's subclass.
+    return Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+
+
+def _explain(exc: ValidationError, path: Path, text: str, env: Mapping[str, str]) -> ConfigError:
+    problems: list[ConfigError] = []
+    for error in exc.errors():
+        loc = tuple(str(p) for p in error["loc"])
+        key = ".".join(loc) if loc else "-"
+        reason = error["msg"]
+        env_name = _env_name_for(loc, env) if loc else None
+        if env_name is not None:
+            problems.append(ConfigError(f"environment variable {env_name}", key, reason))
+        else:
+            line = locate_key(text, key) if text and loc else None
+            source = str(path) if text else "built-in defaults"
+            problems.append(ConfigError(source, key, reason, line))
+    return problems[0] if len(problems) == 1 else ConfigErrors(problems)
