@@ -60,6 +60,24 @@ def version() -> None:
             typer.echo(f"  {dist} (not installed)")
 
 
+@app.command()
+def schemas(
+    check: Annotated[bool, typer.Option(help="Fail if the files differ from the code.")] = False,
+) -> None:
+    """Write the JSON Schema of every topic into config/schemas/."""
+    from fraudstream.wire.jsonschema import SCHEMA_DIR, stale_schemas, write_schemas
+
+    if check:
+        stale = stale_schemas()
+        if stale:
+            typer.echo(f"stale schemas in {SCHEMA_DIR}: {', '.join(stale)}", err=True)
+            raise typer.Exit(1)
+        typer.echo("schemas up to date")
+        return
+    for path in write_schemas():
+        typer.echo(f"wrote {path}")
+
+
 def _register_subcommands() -> None:
     # Imported here so that each package owns its commands and `fraudstream version`
     # stays fast; the heavy imports happen inside each command.

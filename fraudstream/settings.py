@@ -149,7 +149,9 @@ class DevstackSettings(_Section):
 
 
 class DataSettings(_Section):
-    handbook_path: Path = PROJECT_ROOT.parent / "shared" / "data" / "handbook" / "transactions.parquet"
+    handbook_path: Path = (
+        PROJECT_ROOT.parent / "shared" / "data" / "handbook" / "transactions.parquet"
+    )
 
 
 class Settings(BaseSettings):
@@ -211,7 +213,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def locate_key(text: str, dotted: str) -> int | None:
     """1-based line of ``dotted`` (``section.sub.key``) in TOML ``text``, if written there."""
-    *tables, key = dotted.split(".")
+    *tables, _key = dotted.split(".")
     want_table = ".".join(tables)
     current = ""
     table_line: int | None = None
@@ -220,6 +222,8 @@ def locate_key(text: str, dotted: str) -> int | None:
         header = re.match(r"^\[([^\[\]]+)\]", line)
         if header:
             current = header.group(1).strip()
+            if current == dotted:  # the key names a whole table, e.g. a section check
+                return number
             if current == want_table:
                 table_line = number
             continue
@@ -254,7 +258,7 @@ def load_settings(
 
     A missing default file is fine (code defaults apply); a named file must exist.
     """
-    env = {k: v for k, v in (env or {}).items() if k.upper().startswith(ENV_PREFIX)}
+    ours = {k: v for k, v in (env or {}).items() if k.upper().startswith(ENV_PREFIX)}
     path = config_file if config_file is not None else DEFAULT_CONFIG_FILE
     if config_file is None and not path.exists():
         file_data: dict[str, Any] = {}
@@ -273,14 +277,16 @@ def load_settings(
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (_MappingEnvSource(settings_cls, env), _DictSource(settings_cls, file_data))
+            return (_MappingEnvSource(settings_cls, ours), _DictSource(settings_cls, file_data))
 
     try:
         loaded = _Loaded()
     except ValidationError as exc:
-        raise _explain(exc, path, text, env) from None
+        raise _explain(exc, path, text, ours) from None
     # Hand back the plain class so callers never see the loader's subclass.
-    return Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+    return Settings.model_construct(
+        **{name: getattr(loaded, name) for name in Settings.model_fields}
+    )
 
 
 def _explain(exc: ValidationError, path: Path, text: str, env: Mapping[str, str]) -> ConfigError:

@@ -1,6 +1,12 @@
 """Wire format: versioned schemas, batch decoding, generated JSON Schemas."""
 
-from fraudstream.wire.decode import BatchDecoder, DecodedBatch, Rejected, encode, transaction_decoder
+from fraudstream.wire.decode import (
+    BatchDecoder,
+    DecodedBatch,
+    Rejected,
+    encode,
+    transaction_decoder,
+)
 from fraudstream.wire.schemas import (
     SCHEMA_VERSION,
     TOPIC_SCHEMAS,
@@ -15,8 +21,8 @@ __all__ = [
     "TOPIC_SCHEMAS",
     "BatchDecoder",
     "DeadLetter",
-    "DecodedBatch",
     "Decision",
+    "DecodedBatch",
     "Reason",
     "Rejected",
     "Transaction",

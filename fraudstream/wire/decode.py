@@ -64,11 +64,18 @@ class BatchDecoder(Generic[T]):
         decode = self._decoder.decode
         for index, raw in enumerate(raws):
             if raw is None:
-                out.rejected.append(Rejected(index, "malformed_json", "empty message (tombstone)", b""))
+                out.rejected.append(
+                    Rejected(index, "malformed_json", "empty message (tombstone)", b"")
+                )
                 continue
             if len(raw) > self._max_bytes:
                 out.rejected.append(
-                    Rejected(index, "oversize", f"{len(raw)} bytes exceeds the {self._max_bytes}-byte limit", raw)
+                    Rejected(
+                        index,
+                        "oversize",
+                        f"{len(raw)} bytes exceeds the {self._max_bytes}-byte limit",
+                        raw,
+                    )
                 )
                 continue
             try:
@@ -89,12 +96,15 @@ class BatchDecoder(Generic[T]):
             version = _version_decoder.decode(raw).schema_version
         except (msgspec.ValidationError, msgspec.DecodeError):
             version = None
-        if isinstance(version, int) and not isinstance(version, bool):
-            if version not in self._known_versions:
-                known = ", ".join(str(v) for v in sorted(self._known_versions))
-                return Rejected(
-                    index, "unknown_version", f"schema_version {version} is not one of: {known}", raw
-                )
+        is_int = isinstance(version, int) and not isinstance(version, bool)
+        if is_int and version not in self._known_versions:
+            known = ", ".join(str(v) for v in sorted(self._known_versions))
+            return Rejected(
+                index,
+                "unknown_version",
+                f"schema_version {version} is not one of: {known}",
+                raw,
+            )
         return Rejected(index, "schema_violation", message, raw)
 
 
