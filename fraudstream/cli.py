@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fraudstream import __version__
 from fraudstream.errors import FraudstreamError
@@ -42,7 +43,7 @@ def _root(
     try:
         ctx.obj = load_settings(config, os.environ)
     except FraudstreamError as exc:
-        console.print(f"[red]configuration rejected[/red]\n{exc}")
+        console.print(f"[red]configuration rejected[/red]\n{escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -84,8 +85,11 @@ def _register_subcommands() -> None:
     from fraudstream.devstack.cli import devstack_app
     from streams.cli import register as register_streams
 
+    from fraudstream.simulator.cli import register as register_simulator
+
     app.add_typer(devstack_app, name="devstack")
     register_streams(app)
+    register_simulator(app)
 
 
 _register_subcommands()
@@ -95,7 +99,7 @@ def main() -> None:
     try:
         app()
     except FraudstreamError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(1)
 
 

@@ -13,3 +13,15 @@ def register(app: typer.Typer) -> None:
         from streams.worker import run_worker
 
         run_worker(settings_from(ctx))
+
+    @app.command()
+    def demo(
+        ctx: typer.Context,
+        count: int = typer.Option(500, help="Transactions to replay."),
+        seed: int = typer.Option(7, help="Simulator seed."),
+    ) -> None:
+        """Stack up, worker running, simulated transactions in, decisions printed."""
+        from fraudstream.cli import settings_from
+        from streams.demo import run_demo
+
+        run_demo(settings_from(ctx), count=count, seed=seed)

@@ -1,0 +1,144 @@
+"""Run real ``fraudstream`` processes and talk to the real broker from tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FraudstreamProcess:
+    """``fraudstream <args>`` as a child process with its output captured.
+
+    ``wait_for(text)`` blocks until a line containing ``text`` was printed, so a test
+    knows the worker has joined its group before it produces.
+    """
+
+    def __init__(self, args: Iterable[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.args = list(args)
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> FraudstreamProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fraudstream.cli", *self.args],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with self.log_path.open("a", encoding="utf-8") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                with self._seen:
+                    self.lines.append(line)
+                    self._seen.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while not any(text in line for line in self.lines):
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"process exited early; log: {self.log_path}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{text!r} not seen in {timeout}s; log: {self.log_path}")
+                self._seen.wait(remaining)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def transaction(i: int, *, cards: int = 50, start: datetime | None = None) -> dict[str, Any]:
+    start = start or datetime(2025, 3, 1, tzinfo=UTC)
+    return {
+        "schema_version": 1,
+        "transaction_id": f"tx-{i:07d}",
+        "event_time": (start + timedelta(seconds=i)).isoformat().replace("+00:00", "Z"),
+        "card_id": f"card-{i % cards}",
+        "terminal_id": f"term-{i % 17}",
+        "amount": round(5 + (i * 7919 % 500) / 3, 2),
+        "currency": "EUR",
+    }
+
+
+async def produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]
+) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    count = 0
+    try:
+        for key, value in messages:
+            await producer.send(topic, value, key=key)
+            count += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return count
+
+
+async def consume_until(
+    bootstrap: str,
+    topics: list[str],
+    done: Callable[[dict[str, list[Any]]], bool],
+    timeout: float,
+) -> dict[str, list[Any]]:
+    """Read ``topics`` from the beginning until ``done(received)`` or ``timeout``.
+
+    Returns the decoded JSON values per topic; keeps reading a little after ``done`` so a
+    duplicate produced late would still be seen.
+    """
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    received: dict[str, list[Any]] = {t: [] for t in topics}
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if settle_until is not None and time.monotonic() > settle_until:
+                break
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, records in batches.items():
+                received[tp.topic].extend(json.loads(r.value) for r in records)
+            if settle_until is None and done(received):
+                settle_until = time.monotonic() + 2.0
+    finally:
+        await consumer.stop()
+    return received
+
+
+def run(coro: Any) -> Any:
+    return asyncio.get_event_loop().run_until_complete(coro)
