@@ -83,9 +83,8 @@ def _register_subcommands() -> None:
     # Imported here so that each package owns its commands and `fraudstream version`
     # stays fast; the heavy imports happen inside each command.
     from fraudstream.devstack.cli import devstack_app
-    from streams.cli import register as register_streams
-
     from fraudstream.simulator.cli import register as register_simulator
+    from streams.cli import register as register_streams
 
     app.add_typer(devstack_app, name="devstack")
     register_streams(app)

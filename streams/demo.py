@@ -63,17 +63,23 @@ async def _replay_and_watch(
     decisions: list[dict[str, Any]] = []
     letters: list[dict[str, Any]] = []
     deadline = time.monotonic() + 120
-    while (len(decisions) < expected or len(letters) < len(DEFECTS)) and time.monotonic() < deadline:
+    while (
+        len(decisions) < expected or len(letters) < len(DEFECTS)
+    ) and time.monotonic() < deadline:
         for tp, records in (await consumer.getmany(timeout_ms=500)).items():
             for record in records:
                 value = json.loads(record.value)
                 if tp.topic == topics.deadletter:
                     letters.append(value)
-                    console.print(f"[yellow]dead letter[/yellow] {value['kind']}: {value['reason'][:70]}")
+                    console.print(
+                        f"[yellow]dead letter[/yellow] {value['kind']}: {value['reason'][:70]}"
+                    )
                     continue
                 decisions.append(value)
                 if len(decisions) <= 15 or value["decision"] != "approve":
-                    colour = {"approve": "green", "review": "yellow", "decline": "red"}[value["decision"]]
+                    colour = {"approve": "green", "review": "yellow", "decline": "red"}[
+                        value["decision"]
+                    ]
                     console.print(
                         f"[{colour}]{value['decision']:>7}[/{colour}] {value['transaction_id']} "
                         f"card {value['card_id']} {value['amount']:>9.2f} {value['currency']} "

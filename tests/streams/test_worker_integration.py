@@ -46,8 +46,9 @@ async def test_every_transaction_gets_exactly_one_decision(
         received = await consume_until(
             stack.kafka_bootstrap,
             [topics.decisions, topics.deadletter],
-            lambda got: len(got[topics.decisions]) >= 1000
-            and len(got[topics.deadletter]) >= len(MALFORMED),
+            lambda got: (
+                len(got[topics.decisions]) >= 1000 and len(got[topics.deadletter]) >= len(MALFORMED)
+            ),
             timeout=120,
         )
     finally:
