@@ -148,6 +148,18 @@ class DevstackSettings(_Section):
     start_timeout_s: float = Field(default=90.0, gt=0)
 
 
+class FeatureSettings(_Section):
+    # Keys are "<prefix>:<entity>:<id>..."; one prefix per engine sharing a Redis.
+    key_prefix: str = Field(default="fs", pattern=r"^[A-Za-z0-9_.\-]+$")
+    # Events up to this much older than the newest one seen for the same card/terminal
+    # still get exact features; older ones get what is retained and are counted.
+    allowed_lateness_s: float = Field(default=300.0, ge=0, le=7 * 86_400)
+    # A compute slower than this raises FeatureStoreTimeout (the breaker counts it).
+    timeout_ms: float = Field(default=50.0, gt=0)
+    # Where applied labels are appended for training to read (Parquet files).
+    label_store_dir: Path = PROJECT_ROOT / ".devstack" / "labels"
+
+
 class DataSettings(_Section):
     handbook_path: Path = (
         PROJECT_ROOT.parent / "shared" / "data" / "handbook" / "transactions.parquet"
@@ -172,6 +184,7 @@ class Settings(BaseSettings):
     breaker: BreakerSettings = BreakerSettings()
     worker: WorkerSettings = WorkerSettings()
     devstack: DevstackSettings = DevstackSettings()
+    features: FeatureSettings = FeatureSettings()
     data: DataSettings = DataSettings()
 
 

@@ -12,6 +12,7 @@ from fraudstream.wire.schemas import (
     TOPIC_SCHEMAS,
     DeadLetter,
     Decision,
+    LabelEvent,
     Reason,
     Transaction,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "DeadLetter",
     "Decision",
     "DecodedBatch",
+    "LabelEvent",
     "Reason",
     "Rejected",
     "Transaction",

@@ -100,10 +100,33 @@ class DeadLetter(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     received_at: EventTime
 
 
+LabelSource = Literal["chargeback", "investigator"]
+
+
+class LabelEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Ground truth arriving after the fact: a chargeback or an investigator's verdict.
+
+    It repeats the original transaction's card, terminal, merchant category and event
+    time so the feature store can update risk windows without a lookup of its own; a
+    later label for the same transaction replaces an earlier one.
+    """
+
+    schema_version: Version
+    transaction_id: Id
+    card_id: Id
+    terminal_id: Id
+    event_time: EventTime  # of the labelled transaction
+    label_time: EventTime  # when the label became known
+    is_fraud: bool
+    source: LabelSource
+    mcc: Mcc | None = None
+
+
 # Topic name (settings key) -> the struct its values follow. Grows as topics are added.
 TOPIC_SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "transactions": Transaction,
     "decisions": Decision,
     "decisions_shadow": Decision,
     "deadletter": DeadLetter,
+    "labels": LabelEvent,
 }

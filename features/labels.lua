@@ -1,0 +1,55 @@
+-- fraudstream online labels: record fraud / genuine verdicts for risk windows.
+-- ARGV: prefix, lateness_ms, n, then per label: id, terminal, mcc ("" = absent),
+-- t_ms (of the labelled transaction), is_fraud ("1" / "0").
+-- A transaction's fraud status is membership of the terminal's fraud log; the last
+-- label applied wins. Returns how many labels changed the state.
+redis.replicate_commands()
+
+local NL = 5
+local DAY = 86400000
+local TERM_RET = 37 * DAY
+local prefix = ARGV[1]
+local lateness = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+
+local labels = {}
+for i = 0, n - 1 do
+  local b = 3 + i * NL
+  local t = tonumber(ARGV[b + 4])
+  local fraud = ARGV[b + 5]
+  if t == nil or (fraud ~= "1" and fraud ~= "0") then
+    return redis.error_reply("BADARG label " .. i)
+  end
+  local mcc = ARGV[b + 3]
+  if mcc == "" then mcc = nil end
+  labels[i + 1] = {id = ARGV[b + 1], term = ARGV[b + 2], mcc = mcc, t = t, fraud = fraud == "1"}
+end
+
+local function ms(x) return string.format("%d", x) end
+local changed = 0
+for _, l in ipairs(labels) do
+  local tk = prefix .. ":t:" .. l.term
+  local newest = redis.call("ZREVRANGE", tk .. ":z", 0, 0, "WITHSCORES")
+  local cutoff = -1
+  if #newest > 0 then cutoff = tonumber(newest[2]) - TERM_RET - lateness end
+  -- a verdict on a transaction older than every risk window can change nothing
+  if l.t >= cutoff then
+    local delta = 0
+    if l.fraud then
+      delta = redis.call("ZADD", tk .. ":f", ms(l.t), l.id)
+    else
+      delta = -redis.call("ZREM", tk .. ":f", l.id)
+    end
+    if delta ~= 0 then
+      changed = changed + 1
+      redis.call("ZREMRANGEBYSCORE", tk .. ":f", "-inf", "(" .. ms(cutoff))
+      redis.call("PEXPIRE", tk .. ":f", ms(TERM_RET + lateness + DAY))
+      if l.mcc then
+        local mk = prefix .. ":m:" .. l.mcc
+        redis.call("HINCRBY", mk, "f:" .. math.floor(l.t / DAY), delta)
+        redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY))
+      end
+    end
+  end
+end
+return changed

@@ -1,0 +1,373 @@
+-- fraudstream online features: one call computes and records a whole micro-batch.
+-- Semantics: features/definitions.py. Key layout and costs: features/online.py.
+--
+-- ARGV: prefix, lateness_ms, deadline_us (client's wall clock; 0 = none), n_tx, then
+-- per transaction NF fields: id, t_ms, card, terminal, amount, amount_milli, device,
+-- ip, mcc, lat, lon ("" = absent).
+-- Returns cmsgpack {too_late_count, features row-major (NFEAT per transaction)}.
+--
+-- Atomicity: Redis runs a script alone. Every argument is validated before the first
+-- write, and a script started after the caller's deadline writes nothing and returns
+-- "EXPIRED", so a batch is recorded whole or not at all.
+redis.replicate_commands()
+
+local NF = 11
+local DAY = 86400000
+local HOUR = 3600000
+local DELAY = 7 * DAY
+local CARD_RET = 30 * DAY
+local TERM_RET = 37 * DAY
+local SCALE = 1000
+local R = 6371.0088
+local NAN = 0 / 0
+local MIN_SPEED_S = 60
+
+local prefix = ARGV[1]
+local lateness = tonumber(ARGV[2])
+local deadline = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+
+-- validation: nothing is written unless every row parses
+local rows = {}
+for i = 0, n - 1 do
+  local b = 4 + i * NF
+  local t = tonumber(ARGV[b + 2])
+  local milli = tonumber(ARGV[b + 6])
+  local amount = tonumber(ARGV[b + 5])
+  if t == nil or milli == nil or amount == nil then
+    return redis.error_reply("BADARG row " .. i)
+  end
+  local lat, lon = tonumber(ARGV[b + 10]), tonumber(ARGV[b + 11])
+  if lat == nil or lon == nil then lat, lon = nil, nil end
+  local function opt(v) if v == "" then return nil end return v end
+  rows[i + 1] = {
+    id = ARGV[b + 1], t = t, card = ARGV[b + 3], term = ARGV[b + 4], amount = amount,
+    milli = milli, dev = opt(ARGV[b + 7]), ip = opt(ARGV[b + 8]), mcc = opt(ARGV[b + 9]),
+    lat = lat, lon = lon,
+  }
+end
+
+if deadline > 0 then
+  local now = redis.call("TIME")
+  if tonumber(now[1]) * 1000000 + tonumber(now[2]) > deadline then
+    return "EXPIRED"
+  end
+end
+
+local function ms(x) return string.format("%d", x) end
+
+-- Byte-wise string order. Lua compares strings with strcoll, and Redis sets the
+-- collation locale from its environment, so `<` need not be byte order; ids tie-break
+-- events in the same millisecond and must compare the way the offline builder does.
+local function before(a, b)
+  local la, lb = #a, #b
+  for i = 1, math.min(la, lb) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return la < lb
+end
+
+-- HMGET / HDEL over a long list in chunks (Lua's unpack has a stack limit).
+local CHUNK = 500
+local function hmget_all(key, fields)
+  local out = {}
+  for s = 1, #fields, CHUNK do
+    local part = {}
+    for j = s, math.min(s + CHUNK - 1, #fields) do part[#part + 1] = fields[j] end
+    local got = redis.call("HMGET", key, unpack(part))
+    for j = 1, #got do out[#out + 1] = got[j] end
+  end
+  return out
+end
+local function hdel_all(key, fields)
+  for s = 1, #fields, CHUNK do
+    local part = {}
+    for j = s, math.min(s + CHUNK - 1, #fields) do part[#part + 1] = fields[j] end
+    redis.call("HDEL", key, unpack(part))
+  end
+end
+local function excl(x) return "(" .. string.format("%d", x) end
+
+-- Strip the payload after the id in "id\0payload" members (device / ip logs).
+local function split(member)
+  local z = string.find(member, "\0", 1, true)
+  return string.sub(member, 1, z - 1), string.sub(member, z + 1)
+end
+
+-- Members of zset `key` with score in (lo, t] ordered at or before (t, id); `id_of`
+-- extracts the id from a member. Returns a list of members.
+local function window(key, lo, t, id, id_of)
+  local r = redis.call("ZRANGEBYSCORE", key, excl(lo), ms(t), "WITHSCORES")
+  local out = {}
+  for j = 1, #r, 2 do
+    local m = r[j]
+    if tonumber(r[j + 1]) < t or not before(id, id_of(m)) then out[#out + 1] = m end
+  end
+  return out
+end
+
+local function ident(m) return m end
+local function head(m) local a = split(m) return a end
+
+local function haversine(lat1, lon1, lat2, lon2)
+  local p1, p2 = lat1 * math.pi / 180, lat2 * math.pi / 180
+  local dp = (lat2 - lat1) * math.pi / 180
+  local dl = (lon2 - lon1) * math.pi / 180
+  local s1, s2 = math.sin(dp / 2), math.sin(dl / 2)
+  local a = s1 * s1 + math.cos(p1) * math.cos(p2) * s2 * s2
+  return 2 * R * math.asin(math.min(1, math.sqrt(a)))
+end
+
+-- Card payload: cumulative count and milli-sum up to and including the event, so a
+-- trailing window is two lookups, whatever its length.
+local function unpack_payload(p)
+  local v = cmsgpack.unpack(p)
+  return v
+end
+
+local too_late = 0
+local out = {too_late}
+local mcc_cache = {}
+
+for _, tx in ipairs(rows) do
+  local t, id = tx.t, tx.id
+  local ck = prefix .. ":c:" .. tx.card
+  local cz, ch = ck .. ":z", ck .. ":h"
+  local st = redis.call("HMGET", ch, "!maxt", "!basec", "!bases", "!trim", id)
+  local maxt = tonumber(st[1]) or -1
+  local basec, bases = tonumber(st[2]) or 0, tonumber(st[3]) or 0
+  local trimmed_to = tonumber(st[4]) or -1
+  local seen = st[5] ~= false
+  if maxt >= 0 and t < maxt - lateness then too_late = too_late + 1 end
+  local in_order = (not seen) and t > maxt
+
+  -- predecessor in (t, id) order: the last event strictly before this one
+  local pred_id, pred_t = nil, nil
+  local ties = redis.call("ZRANGEBYSCORE", cz, ms(t), ms(t))
+  for _, m in ipairs(ties) do
+    if before(m, id) then pred_id, pred_t = m, t end
+  end
+  if pred_id == nil then
+    local r = redis.call("ZREVRANGEBYSCORE", cz, excl(t), "-inf", "WITHSCORES", "LIMIT", 0, 1)
+    if #r > 0 then pred_id, pred_t = r[1], tonumber(r[2]) end
+  end
+  -- cumulative (count, sum) at the last event with time <= x (time-only boundary)
+  local bound_ids = {}
+  local bounds = {}
+  for k, w in ipairs({DAY, 7 * DAY, 30 * DAY}) do
+    local r = redis.call("ZREVRANGEBYSCORE", cz, ms(t - w), "-inf", "LIMIT", 0, 1)
+    bounds[k] = r[1] or false
+  end
+  local want = {}
+  if pred_id then want[#want + 1] = pred_id end
+  for k = 1, 3 do if bounds[k] then want[#want + 1] = bounds[k] end end
+  local payloads = {}
+  if #want > 0 then
+    local got = redis.call("HMGET", ch, unpack(want))
+    for j, m in ipairs(want) do payloads[m] = unpack_payload(got[j]) end
+  end
+  local pc, ps = basec, bases
+  local prev = nil
+  if pred_id then prev = payloads[pred_id]; pc, ps = prev[1], prev[2] end
+  local selfc, selfs = pc + 1, ps + tx.milli
+  local feats = {}
+  local avg30 = NAN
+  for k = 1, 3 do
+    local bc, bs = basec, bases
+    if bounds[k] then local p = payloads[bounds[k]]; bc, bs = p[1], p[2] end
+    local cnt, sum = selfc - bc, selfs - bs
+    local avg = (sum / cnt) / SCALE
+    feats[k] = {cnt, avg}
+    if k == 3 then avg30 = avg; if sum == 0 then avg30 = NAN end end
+  end
+
+  -- previous transaction within the card history window
+  local secs, dist, speed = NAN, NAN, NAN
+  if pred_id and pred_t > t - CARD_RET then
+    secs = (t - pred_t) / 1000
+    if tx.lat ~= nil and prev[5] ~= false then
+      dist = haversine(prev[5], prev[6], tx.lat, tx.lon)
+      speed = dist / (math.max(secs, MIN_SPEED_S) / 3600)
+    end
+  end
+
+  -- distinct terminals in the last day (this transaction included)
+  local day_members = window(cz, t - DAY, t, id, ident)
+  local terms = {[tx.term] = true}
+  local nterms = 1
+  if #day_members > 0 then
+    local got = hmget_all(ch, day_members)
+    for j = 1, #got do
+      local term = cmsgpack.unpack(got[j])[3]
+      if not terms[term] then terms[term] = true; nterms = nterms + 1 end
+    end
+  end
+
+  -- device new for this card: the fast path trusts the per-device last-seen time, which
+  -- is exact when nothing of this card is ordered after us; otherwise scan 30 days.
+  local devnew = NAN
+  if tx.dev then
+    devnew = 1
+    if in_order then
+      local last = tonumber(redis.call("HGET", ch, "#" .. tx.dev))
+      if last ~= nil and last > t - CARD_RET then devnew = 0 end
+    else
+      local members = window(cz, t - CARD_RET, t, id, ident)
+      local earlier = {}
+      for _, m in ipairs(members) do if m ~= id then earlier[#earlier + 1] = m end end
+      if #earlier > 0 then
+        local got = hmget_all(ch, earlier)
+        for j = 1, #got do
+          if cmsgpack.unpack(got[j])[4] == tx.dev then devnew = 0; break end
+        end
+      end
+    end
+  end
+
+  -- terminal: delayed windows, counts and known frauds
+  local tk = prefix .. ":t:" .. tx.term
+  local tz, tf = tk .. ":z", tk .. ":f"
+  local tfeats = {}
+  for k, w in ipairs({DAY, 7 * DAY, 30 * DAY}) do
+    local lo, hi = excl(t - DELAY - w), ms(t - DELAY)
+    local cnt = redis.call("ZCOUNT", tz, lo, hi)
+    local fr = 0
+    if cnt > 0 then fr = redis.call("ZCOUNT", tf, lo, hi) / cnt end
+    tfeats[k] = {cnt, fr}
+  end
+
+  -- distinct cards per device / ip in the last hour
+  local function distinct_cards(kind, value)
+    if not value then return NAN end
+    local key = prefix .. ":" .. kind .. ":" .. value .. ":z"
+    local cards = {[tx.card] = true}
+    local cnt = 1
+    for _, m in ipairs(window(key, t - HOUR, t, id, head)) do
+      local _, card = split(m)
+      if not cards[card] then cards[card] = true; cnt = cnt + 1 end
+    end
+    return cnt
+  end
+  local dev_cards = distinct_cards("d", tx.dev)
+  local ip_cards = distinct_cards("i", tx.ip)
+
+  -- merchant category: whole UTC days [today - 36, today - 7]
+  local mcc_risk = NAN
+  local today = math.floor(t / DAY)
+  if tx.mcc then
+    local ckey = tx.mcc .. "|" .. today
+    mcc_risk = mcc_cache[ckey]
+    if mcc_risk == nil then
+      local fields = {}
+      for d = today - 36, today - 7 do
+        fields[#fields + 1] = "n:" .. d
+        fields[#fields + 1] = "f:" .. d
+      end
+      local got = redis.call("HMGET", prefix .. ":m:" .. tx.mcc, unpack(fields))
+      local nn, ff = 0, 0
+      for j = 1, #got, 2 do
+        nn = nn + (tonumber(got[j]) or 0)
+        ff = ff + (tonumber(got[j + 1]) or 0)
+      end
+      mcc_risk = 0
+      if nn > 0 then mcc_risk = ff / nn end
+      mcc_cache[ckey] = mcc_risk
+    end
+  end
+
+  -- the row, in FEATURE_NAMES order
+  local days = math.floor(t / DAY)
+  local weekday = (days + 3) % 7
+  local hour = math.floor((t - days * DAY) / HOUR)
+  local ratio = NAN
+  if avg30 == avg30 then ratio = tx.amount / avg30 end
+  local row = {
+    tx.amount, (weekday >= 5) and 1 or 0, (hour <= 6) and 1 or 0,
+    feats[1][1], feats[1][2], feats[2][1], feats[2][2], feats[3][1], feats[3][2],
+    tfeats[1][1], tfeats[1][2], tfeats[2][1], tfeats[2][2], tfeats[3][1], tfeats[3][2],
+    ratio, secs, nterms,
+    devnew, dev_cards, ip_cards, dist, speed, mcc_risk,
+  }
+  for _, v in ipairs(row) do out[#out + 1] = v end
+
+  -- record the transaction once (idempotent by id: `seen` came from the card hash)
+  if not seen then
+    local newmax = math.max(maxt, t)
+    local lat, lon = tx.lat, tx.lon
+    if lat == nil then lat, lon = false, false end
+    local hset = {ch, id, cmsgpack.pack({selfc, selfs, tx.term, tx.dev or false, lat, lon}),
+      "!maxt", ms(newmax)}
+    if tx.dev then
+      local last = tonumber(redis.call("HGET", ch, "#" .. tx.dev)) or -1
+      if t > last then hset[#hset + 1] = "#" .. tx.dev; hset[#hset + 1] = ms(t) end
+    end
+    redis.call("HSET", unpack(hset))
+    redis.call("ZADD", cz, ms(t), id)
+    if not in_order then
+      -- late: every event ordered after this one now has one more event before it
+      local r = redis.call("ZRANGEBYSCORE", cz, ms(t), "+inf", "WITHSCORES")
+      for j = 1, #r, 2 do
+        local m = r[j]
+        if tonumber(r[j + 1]) > t or before(id, m) then
+          local p = cmsgpack.unpack(redis.call("HGET", ch, m))
+          p[1], p[2] = p[1] + 1, p[2] + tx.milli
+          redis.call("HSET", ch, m, cmsgpack.pack(p))
+        end
+      end
+    end
+    -- trim the card log (hourly hysteresis): keep the cumulative base of what leaves
+    local cutoff = newmax - CARD_RET - lateness
+    if cutoff > trimmed_to + HOUR then
+      local old = redis.call("ZRANGEBYSCORE", cz, "-inf", excl(cutoff))
+      if #old > 0 then
+        local last = cmsgpack.unpack(redis.call("HGET", ch, old[#old]))
+        local devs = {}
+        local gone = hmget_all(ch, old)
+        for j = 1, #gone do
+          local d = cmsgpack.unpack(gone[j])[4]
+          if d then devs[#devs + 1] = "#" .. d end
+        end
+        hdel_all(ch, old)
+        redis.call("ZREMRANGEBYSCORE", cz, "-inf", excl(cutoff))
+        -- forget devices whose last use left the history
+        if #devs > 0 then
+          local lasts = hmget_all(ch, devs)
+          local stale = {}
+          for j = 1, #devs do
+            if (tonumber(lasts[j]) or -1) < cutoff then stale[#stale + 1] = devs[j] end
+          end
+          hdel_all(ch, stale)
+        end
+        redis.call("HSET", ch, "!basec", ms(last[1]), "!bases", ms(last[2]))
+      end
+      redis.call("HSET", ch, "!trim", ms(cutoff))
+    end
+    local ttl = ms(CARD_RET + lateness + DAY)
+    redis.call("PEXPIRE", ch, ttl)
+    redis.call("PEXPIRE", cz, ttl)
+
+    redis.call("ZADD", tz, ms(t), id)
+    redis.call("ZREMRANGEBYSCORE", tz, "-inf", excl(t - TERM_RET - lateness))
+    redis.call("PEXPIRE", tz, ms(TERM_RET + lateness + DAY))
+
+    for _, kv in ipairs({{"d", tx.dev}, {"i", tx.ip}}) do
+      if kv[2] then
+        local key = prefix .. ":" .. kv[1] .. ":" .. kv[2] .. ":z"
+        redis.call("ZADD", key, ms(t), id .. "\0" .. tx.card)
+        redis.call("ZREMRANGEBYSCORE", key, "-inf", excl(t - HOUR - lateness))
+        redis.call("PEXPIRE", key, ms(HOUR + lateness + DAY))
+      end
+    end
+
+    if tx.mcc then
+      local mk = prefix .. ":m:" .. tx.mcc
+      redis.call("HINCRBY", mk, "n:" .. today, 1)
+      redis.call("HDEL", mk, "n:" .. (today - 38), "f:" .. (today - 38))
+      redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY))
+    end
+  end
+end
+
+out[1] = too_late
+return cmsgpack.pack(out)
