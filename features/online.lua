@@ -130,34 +130,62 @@ local too_late = 0
 local out = {too_late}
 local mcc_cache = {}
 
+-- Upkeep that only needs doing once per key per batch (TTL, trimming, bucket counts).
+local touched_logs, mcc_counts = {}, {}
+local fraud_log_exists = {}
+
 for _, tx in ipairs(rows) do
   local t, id = tx.t, tx.id
   local ck = prefix .. ":c:" .. tx.card
   local cz, ch = ck .. ":z", ck .. ":h"
-  local st = redis.call("HMGET", ch, "!maxt", "!basec", "!bases", "!trim", id)
+  local devfield = "!"
+  if tx.dev then devfield = "#" .. tx.dev end
+  local st = redis.call("HMGET", ch, "!maxt", "!basec", "!bases", "!trim", id, devfield, "@T")
   local maxt = tonumber(st[1]) or -1
   local basec, bases = tonumber(st[2]) or 0, tonumber(st[3]) or 0
   local trimmed_to = tonumber(st[4]) or -1
   local seen = st[5] ~= false
+  local dev_last = tonumber(st[6])
+  -- terminals the card used lately and when it last used each: {term, t, term, t...}
+  local recent = {}
+  if st[7] then recent = cmsgpack.unpack(st[7]) end
   if maxt >= 0 and t < maxt - lateness then too_late = too_late + 1 end
   local in_order = (not seen) and t > maxt
 
   -- predecessor in (t, id) order: the last event strictly before this one
   local pred_id, pred_t = nil, nil
-  local ties = redis.call("ZRANGEBYSCORE", cz, ms(t), ms(t))
-  for _, m in ipairs(ties) do
-    if before(m, id) then pred_id, pred_t = m, t end
+  local r = redis.call("ZREVRANGEBYSCORE", cz, ms(t), "-inf", "WITHSCORES", "LIMIT", 0, 1)
+  if #r > 0 and tonumber(r[2]) < t then
+    pred_id, pred_t = r[1], tonumber(r[2])
+  elseif #r > 0 then
+    -- same millisecond as an event already recorded: order the ties by id
+    for _, m in ipairs(redis.call("ZRANGEBYSCORE", cz, ms(t), ms(t))) do
+      if before(m, id) then pred_id, pred_t = m, t end
+    end
+    if pred_id == nil then
+      r = redis.call("ZREVRANGEBYSCORE", cz, excl(t), "-inf", "WITHSCORES", "LIMIT", 0, 1)
+      if #r > 0 then pred_id, pred_t = r[1], tonumber(r[2]) end
+    end
   end
-  if pred_id == nil then
-    local r = redis.call("ZREVRANGEBYSCORE", cz, excl(t), "-inf", "WITHSCORES", "LIMIT", 0, 1)
-    if #r > 0 then pred_id, pred_t = r[1], tonumber(r[2]) end
-  end
-  -- cumulative (count, sum) at the last event with time <= x (time-only boundary)
-  local bound_ids = {}
+  -- Window starts: the last event with time <= t - w, whose cumulative totals are
+  -- subtracted. The predecessor, or a longer window's answer, often is it already.
   local bounds = {}
+  local known_id, known_t = pred_id, pred_t
   for k, w in ipairs({DAY, 7 * DAY, 30 * DAY}) do
-    local r = redis.call("ZREVRANGEBYSCORE", cz, ms(t - w), "-inf", "LIMIT", 0, 1)
-    bounds[k] = r[1] or false
+    if known_id == nil then
+      bounds[k] = false
+    elseif known_t <= t - w then
+      bounds[k] = known_id
+    else
+      local b = redis.call("ZREVRANGEBYSCORE", cz, ms(t - w), "-inf", "WITHSCORES", "LIMIT", 0, 1)
+      if #b > 0 then
+        known_id, known_t = b[1], tonumber(b[2])
+        bounds[k] = known_id
+      else
+        known_id = nil
+        bounds[k] = false
+      end
+    end
   end
   local want = {}
   if pred_id then want[#want + 1] = pred_id end
@@ -193,9 +221,20 @@ for _, tx in ipairs(rows) do
   end
 
   -- distinct terminals in the last day (this transaction included)
-  local day_members = window(cz, t - DAY, t, id, ident)
   local terms = {[tx.term] = true}
   local nterms = 1
+  local day_members = {}
+  if in_order then
+    -- everything recorded is before us: a terminal counts if last used within the day
+    for j = 1, #recent, 2 do
+      if recent[j] ~= tx.term and recent[j + 1] > t - DAY then nterms = nterms + 1 end
+    end
+  elseif feats[1][1] == 2 then
+    -- the only other event of the day is the predecessor, already at hand
+    if prev[3] ~= tx.term then nterms = 2 end
+  elseif feats[1][1] > 2 then
+    day_members = window(cz, t - DAY, t, id, ident)
+  end
   if #day_members > 0 then
     local got = hmget_all(ch, day_members)
     for j = 1, #got do
@@ -210,8 +249,7 @@ for _, tx in ipairs(rows) do
   if tx.dev then
     devnew = 1
     if in_order then
-      local last = tonumber(redis.call("HGET", ch, "#" .. tx.dev))
-      if last ~= nil and last > t - CARD_RET then devnew = 0 end
+      if dev_last ~= nil and dev_last > t - CARD_RET then devnew = 0 end
     else
       local members = window(cz, t - CARD_RET, t, id, ident)
       local earlier = {}
@@ -229,11 +267,12 @@ for _, tx in ipairs(rows) do
   local tk = prefix .. ":t:" .. tx.term
   local tz, tf = tk .. ":z", tk .. ":f"
   local tfeats = {}
+  if fraud_log_exists[tf] == nil then fraud_log_exists[tf] = redis.call("EXISTS", tf) == 1 end
   for k, w in ipairs({DAY, 7 * DAY, 30 * DAY}) do
     local lo, hi = excl(t - DELAY - w), ms(t - DELAY)
     local cnt = redis.call("ZCOUNT", tz, lo, hi)
     local fr = 0
-    if cnt > 0 then fr = redis.call("ZCOUNT", tf, lo, hi) / cnt end
+    if cnt > 0 and fraud_log_exists[tf] then fr = redis.call("ZCOUNT", tf, lo, hi) / cnt end
     tfeats[k] = {cnt, fr}
   end
 
@@ -282,14 +321,15 @@ for _, tx in ipairs(rows) do
   local hour = math.floor((t - days * DAY) / HOUR)
   local ratio = NAN
   if avg30 == avg30 then ratio = tx.amount / avg30 end
-  local row = {
-    tx.amount, (weekday >= 5) and 1 or 0, (hour <= 6) and 1 or 0,
-    feats[1][1], feats[1][2], feats[2][1], feats[2][2], feats[3][1], feats[3][2],
-    tfeats[1][1], tfeats[1][2], tfeats[2][1], tfeats[2][2], tfeats[3][1], tfeats[3][2],
-    ratio, secs, nterms,
-    devnew, dev_cards, ip_cards, dist, speed, mcc_risk,
-  }
-  for _, v in ipairs(row) do out[#out + 1] = v end
+  local o = #out
+  out[o + 1], out[o + 2], out[o + 3] = tx.amount, (weekday >= 5) and 1 or 0, (hour <= 6) and 1 or 0
+  out[o + 4], out[o + 5], out[o + 6] = feats[1][1], feats[1][2], feats[2][1]
+  out[o + 7], out[o + 8], out[o + 9] = feats[2][2], feats[3][1], feats[3][2]
+  out[o + 10], out[o + 11], out[o + 12] = tfeats[1][1], tfeats[1][2], tfeats[2][1]
+  out[o + 13], out[o + 14], out[o + 15] = tfeats[2][2], tfeats[3][1], tfeats[3][2]
+  out[o + 16], out[o + 17], out[o + 18] = ratio, secs, nterms
+  out[o + 19], out[o + 20], out[o + 21] = devnew, dev_cards, ip_cards
+  out[o + 22], out[o + 23], out[o + 24] = dist, speed, mcc_risk
 
   -- record the transaction once (idempotent by id: `seen` came from the card hash)
   if not seen then
@@ -298,10 +338,19 @@ for _, tx in ipairs(rows) do
     if lat == nil then lat, lon = false, false end
     local hset = {ch, id, cmsgpack.pack({selfc, selfs, tx.term, tx.dev or false, lat, lon}),
       "!maxt", ms(newmax)}
-    if tx.dev then
-      local last = tonumber(redis.call("HGET", ch, "#" .. tx.dev)) or -1
-      if t > last then hset[#hset + 1] = "#" .. tx.dev; hset[#hset + 1] = ms(t) end
+    if tx.dev and t > (dev_last or -1) then
+      hset[#hset + 1] = "#" .. tx.dev
+      hset[#hset + 1] = ms(t)
     end
+    local keep, found = {}, false
+    for j = 1, #recent, 2 do
+      local term, last = recent[j], recent[j + 1]
+      if term == tx.term then last = math.max(last, t); found = true end
+      if last > newmax - DAY - lateness then keep[#keep + 1] = term; keep[#keep + 1] = last end
+    end
+    if not found then keep[#keep + 1] = tx.term; keep[#keep + 1] = t end
+    hset[#hset + 1] = "@T"
+    hset[#hset + 1] = cmsgpack.pack(keep)
     redis.call("HSET", unpack(hset))
     redis.call("ZADD", cz, ms(t), id)
     if not in_order then
@@ -342,31 +391,46 @@ for _, tx in ipairs(rows) do
         redis.call("HSET", ch, "!basec", ms(last[1]), "!bases", ms(last[2]))
       end
       redis.call("HSET", ch, "!trim", ms(cutoff))
+      -- TTLs are refreshed with the (hourly) trim: an idle card expires whole
+      local ttl = ms(CARD_RET + lateness + DAY + HOUR)
+      redis.call("PEXPIRE", ch, ttl)
+      redis.call("PEXPIRE", cz, ttl)
     end
-    local ttl = ms(CARD_RET + lateness + DAY)
-    redis.call("PEXPIRE", ch, ttl)
-    redis.call("PEXPIRE", cz, ttl)
 
     redis.call("ZADD", tz, ms(t), id)
-    redis.call("ZREMRANGEBYSCORE", tz, "-inf", excl(t - TERM_RET - lateness))
-    redis.call("PEXPIRE", tz, ms(TERM_RET + lateness + DAY))
+    local function touch(key, keep)
+      local cut = t - keep - lateness
+      local was = touched_logs[key]
+      if was == nil then touched_logs[key] = {cut, keep} elseif cut > was[1] then was[1] = cut end
+    end
+    touch(tz, TERM_RET)
 
     for _, kv in ipairs({{"d", tx.dev}, {"i", tx.ip}}) do
       if kv[2] then
         local key = prefix .. ":" .. kv[1] .. ":" .. kv[2] .. ":z"
         redis.call("ZADD", key, ms(t), id .. "\0" .. tx.card)
-        redis.call("ZREMRANGEBYSCORE", key, "-inf", excl(t - HOUR - lateness))
-        redis.call("PEXPIRE", key, ms(HOUR + lateness + DAY))
+        touch(key, HOUR)
       end
     end
 
     if tx.mcc then
-      local mk = prefix .. ":m:" .. tx.mcc
-      redis.call("HINCRBY", mk, "n:" .. today, 1)
-      redis.call("HDEL", mk, "n:" .. (today - 38), "f:" .. (today - 38))
-      redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY))
+      local field = tx.mcc .. "|" .. today
+      mcc_counts[field] = (mcc_counts[field] or 0) + 1
     end
   end
+end
+
+for key, cut in pairs(touched_logs) do
+  redis.call("ZREMRANGEBYSCORE", key, "-inf", excl(cut[1]))
+  redis.call("PEXPIRE", key, ms(cut[2] + lateness + DAY))
+end
+for field, count in pairs(mcc_counts) do
+  local bar = string.find(field, "|", 1, true)
+  local mcc, day = string.sub(field, 1, bar - 1), tonumber(string.sub(field, bar + 1))
+  local mk = prefix .. ":m:" .. mcc
+  redis.call("HINCRBY", mk, "n:" .. day, count)
+  redis.call("HDEL", mk, "n:" .. (day - 38), "f:" .. (day - 38))
+  redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY))
 end
 
 out[1] = too_late
