@@ -1,0 +1,95 @@
+"""Card numbers (PANs) never travel past ingress: a keyed-HMAC token stands for them.
+
+A payment system must not keep a primary account number in clear in logs, Redis or
+Kafka topics (PCI DSS 3.4). At ingress the whole number is replaced by
+``tok_<hex>`` = HMAC-SHA256(key, digits), truncated to 128 bits: stable, so velocity
+features still join on it, and useless without the key (a plain hash of a 16-digit
+number with a known BIN is brute-forced in minutes; a keyed one is not). Only a masked
+display form is kept (first 6 and last 4 digits at most, as PCI DSS allows).
+
+:func:`scrub` is the safety net for bytes kept whole, such as a dead letter's original
+message: every run of 13 to 19 digits that passes the Luhn check, written plainly or
+grouped by single spaces or hyphens, is replaced by its token. :func:`find_pans` is
+the matching scanner the security tests run over logs, Redis and topics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+TOKEN_PREFIX = "tok_"  # noqa: S105 (a label, not a secret)
+_TOKEN_BYTES = 16
+MIN_DIGITS, MAX_DIGITS = 13, 19
+
+# 13-19 digits, optionally grouped by one space or hyphen, not touching other digits.
+_CANDIDATE = re.compile(rb"(?<![0-9])[0-9](?:[ \-]?[0-9]){12,18}(?![0-9])")
+_SEPARATORS = re.compile(rb"[ \-]")
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) check every card number satisfies."""
+    if not digits.isdigit():
+        return False
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2 == 1:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def is_pan(digits: str) -> bool:
+    return MIN_DIGITS <= len(digits) <= MAX_DIGITS and luhn_valid(digits)
+
+
+def mask(digits: str) -> str:
+    """First 6 and last 4 digits, the rest as ``*`` (fewer kept for short numbers, so
+    that at least 3 digits are always hidden)."""
+    keep_head, keep_tail = 6, 4
+    while keep_head + keep_tail > len(digits) - 3 and keep_head > 0:
+        keep_head -= 1
+    hidden = len(digits) - keep_head - keep_tail
+    return digits[:keep_head] + "*" * hidden + digits[len(digits) - keep_tail :]
+
+
+class PanTokenizer:
+    """Keyed tokens for card numbers; the key comes from settings as a secret."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the PAN tokenization key must be at least 16 bytes")
+        self._key = key
+
+    def token(self, pan: str) -> str:
+        digits = _digits_of(pan)
+        if not is_pan(digits):
+            raise ValueError("not a card number (13-19 digits passing the Luhn check)")
+        mac = hmac.new(self._key, digits.encode("ascii"), hashlib.sha256).digest()
+        return TOKEN_PREFIX + mac[:_TOKEN_BYTES].hex()
+
+    def scrub(self, data: bytes) -> bytes:
+        """``data`` with every card number in it replaced by its token."""
+
+        def replace(match: re.Match[bytes]) -> bytes:
+            digits = _SEPARATORS.sub(b"", match.group(0)).decode("ascii")
+            return self.token(digits).encode("ascii") if is_pan(digits) else match.group(0)
+
+        return _CANDIDATE.sub(replace, data)
+
+
+def find_pans(data: bytes) -> list[str]:
+    """Every Luhn-valid 13-19 digit number in ``data`` (masked, so a failing test does
+    not print one in clear)."""
+    found = []
+    for match in _CANDIDATE.finditer(data):
+        digits = _SEPARATORS.sub(b"", match.group(0)).decode("ascii")
+        if is_pan(digits):
+            found.append(mask(digits))
+    return found
+
+
+def _digits_of(pan: str) -> str:
+    return pan.replace(" ", "").replace("-", "")

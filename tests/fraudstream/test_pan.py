@@ -1,0 +1,90 @@
+"""Card numbers: Luhn check, keyed tokens, masking, scrubbing of kept bytes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fraudstream.wire.pan import PanTokenizer, find_pans, is_pan, luhn_valid, mask
+
+KEY = b"k" * 32
+VISA_TEST = "4111111111111111"  # the well-known test numbers
+AMEX_TEST = "378282246310005"
+
+
+def check_digit(body: str) -> str:
+    """The digit that makes ``body + digit`` Luhn-valid."""
+    for d in "0123456789":
+        if luhn_valid(body + d):
+            return d
+    raise AssertionError("unreachable: one digit always works")
+
+
+pans = st.integers(min_value=12, max_value=18).flatmap(
+    lambda n: st.text("0123456789", min_size=n, max_size=n).map(lambda b: b + check_digit(b))
+)
+
+
+def test_luhn_on_known_numbers() -> None:
+    assert luhn_valid(VISA_TEST) and luhn_valid(AMEX_TEST)
+    assert not luhn_valid("4111111111111112")
+    assert not luhn_valid("4111-1111")  # not digits
+    assert is_pan(VISA_TEST) and not is_pan("4242")
+
+
+@given(pans)
+def test_token_is_stable_keyed_and_hides_the_number(pan: str) -> None:
+    tokens = PanTokenizer(KEY)
+    token = tokens.token(pan)
+    assert token == tokens.token(pan)
+    assert token.startswith("tok_") and len(token) == 4 + 32
+    assert pan not in token
+    assert PanTokenizer(b"x" * 32).token(pan) != token
+
+
+def test_grouped_and_plain_numbers_get_the_same_token() -> None:
+    tokens = PanTokenizer(KEY)
+    assert tokens.token("4111 1111 1111 1111") == tokens.token(VISA_TEST)
+    assert tokens.token("4111-1111-1111-1111") == tokens.token(VISA_TEST)
+
+
+def test_refuses_what_is_not_a_card_number_and_short_keys() -> None:
+    with pytest.raises(ValueError, match="not a card number"):
+        PanTokenizer(KEY).token("4111111111111112")
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        PanTokenizer(b"short")
+
+
+@given(pans)
+def test_mask_keeps_at_most_first_six_and_last_four(pan: str) -> None:
+    shown = mask(pan)
+    assert len(shown) == len(pan)
+    visible = [c for c in shown if c != "*"]
+    assert len(visible) <= 10 and shown.count("*") >= 3
+    assert shown[-4:] == pan[-4:]
+    assert not is_pan("".join(visible))
+
+
+@given(pans, st.text(max_size=40), st.text(max_size=40))
+def test_scrub_removes_every_card_number_and_keeps_the_rest(
+    pan: str, left: str, right: str
+) -> None:
+    # Free text around a number in a JSON document, as a dead letter would hold it.
+    doc = json.dumps({"note": left, "card_number": pan, "tail": right}).encode()
+    scrubbed = PanTokenizer(KEY).scrub(doc)
+    assert pan.encode() not in scrubbed, "a card number survived scrubbing"
+    assert PanTokenizer(KEY).token(pan).encode() in scrubbed
+
+
+def test_scrub_finds_grouped_numbers_and_leaves_other_digits() -> None:
+    grouped = " ".join(VISA_TEST[i : i + 4] for i in range(0, 16, 4))
+    text = f"pay {grouped} id 12345".encode()
+    scrubbed = PanTokenizer(KEY).scrub(text)
+    assert find_pans(text) == ["411111******1111"]
+    assert find_pans(scrubbed) == []
+    assert scrubbed.endswith(b" id 12345")
+    not_luhn = b"order 4111111111111112 ok"
+    assert PanTokenizer(KEY).scrub(not_luhn) == not_luhn
