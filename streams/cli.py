@@ -1,6 +1,9 @@
-"""Subcommands owned by the streaming edge: ``worker`` (and later authorize, replay, demo)."""
+"""Subcommands owned by the streaming edge: ``worker``, ``demo``, ``replay``."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -25,3 +28,57 @@ def register(app: typer.Typer) -> None:
         from streams.demo import run_demo
 
         run_demo(settings_from(ctx), count=count, seed=seed)
+
+    @app.command()
+    def replay(
+        ctx: typer.Context,
+        *,
+        data: Annotated[
+            Path | None,
+            typer.Option(help="A .parquet/.jsonl from `fraudstream simulate`, or the handbook."),
+        ] = None,
+        simulate: Annotated[bool, typer.Option(help="Replay a fresh simulation.")] = False,
+        rate: Annotated[
+            float | None, typer.Option(help="Messages per second (default: as fast as possible).")
+        ] = None,
+        limit: Annotated[int | None, typer.Option(help="At most this many messages.")] = None,
+        live: Annotated[
+            bool, typer.Option(help="Set each event time to the moment it is produced.")
+        ] = False,
+        seed: Annotated[int, typer.Option(help="Simulator seed (with --simulate).")] = 0,
+        days: Annotated[int, typer.Option(help="Simulated days (with --simulate).")] = 2,
+    ) -> None:
+        """Produce transactions to the transactions topic at a target rate."""
+        import asyncio
+
+        from rich.progress import Progress
+
+        from fraudstream.cli import settings_from
+        from streams.replay import load_messages, messages_from_frame, produce
+        from streams.topics import ensure_topics
+
+        if (data is None) == (not simulate):
+            raise typer.BadParameter("give exactly one of --data PATH or --simulate")
+        if data is not None:
+            messages = load_messages(data, limit)
+        else:
+            from fraudstream.simulator import SimulatorConfig, generate
+
+            frame = generate(SimulatorConfig(seed=seed, days=days)).transactions
+            messages = messages_from_frame(frame.head(limit) if limit is not None else frame)
+        settings = settings_from(ctx)
+        asyncio.run(ensure_topics(settings.kafka))
+        topic = settings.kafka.topics.transactions
+        with Progress() as bar:
+            task = bar.add_task(f"replay to {topic}", total=len(messages))
+            stats = asyncio.run(
+                produce(
+                    settings.kafka,
+                    topic,
+                    messages,
+                    rate=rate,
+                    live=live,
+                    on_progress=lambda done: bar.update(task, completed=done),
+                )
+            )
+        typer.echo(f"sent {stats.sent:,} messages in {stats.seconds:.1f} s ({stats.rate:,.0f}/s)")
