@@ -1,0 +1,320 @@
+"""End to end on the real broker and Redis: sustained decisions per second, latency at
+fractions of the peak, the no-op limit and the naive design side by side, and scaling
+with worker processes.
+
+    .venv/bin/python -m benchmarks.bench_end_to_end            # ~10 minutes
+    .venv/bin/python -m benchmarks.bench_end_to_end --quick    # ~3 minutes
+
+Each *system* runs as real worker processes (``fraudstream worker``; the no-op worker of
+``benchmarks/noop_worker.py``; the naive worker of ``benchmarks/naive_worker.py``) on
+topics and a consumer group of its own, against the dev stack (brought up if needed).
+
+* **Peak (drain)**: the transactions topic is filled first, then the workers start; the
+  rate is decisions over the span between the first and the last decision's broker
+  timestamp, so start-up is not counted.
+* **Latency at 50 / 70 / 90 % of the peak**: with the workers running, transactions are
+  produced at that open-loop rate with live event times; latency is the decision's
+  broker timestamp minus the transaction's event time (which the decision repeats).
+* **Scaling**: the engine's peak with 1, 2 and 4 workers (the topic has 4 partitions).
+
+The report (markdown, JSON and PNG plots: latency CDF, throughput over time) goes to
+``--out`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from fraudstream.devstack.testing import shared_dev_stack
+from fraudstream.settings import Settings, load_settings
+from streams.replay import Message, messages_from_frame, produce
+from streams.topics import ensure_topics
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SYSTEMS: dict[str, list[str]] = {
+    "engine": [sys.executable, "-m", "fraudstream.cli", "worker"],
+    "noop": [sys.executable, "-m", "benchmarks.noop_worker"],
+    "naive": [sys.executable, "-m", "benchmarks.naive_worker"],
+}
+
+
+@dataclass
+class Run:
+    system: str
+    workers: int
+    mode: str  # "peak" or "rate"
+    target_rate: float | None
+    sent: int
+    decided: int
+    rate: float  # decisions per second over the measured span
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    per_second: list[int] = field(default_factory=list)
+
+
+def _env(base: dict[str, str], suffix: str, partitions: int) -> dict[str, str]:
+    env = dict(base)
+    for key in ("TRANSACTIONS", "DECISIONS", "DEADLETTER", "LABELS", "DECISIONS_SHADOW"):
+        env[f"FRAUDSTREAM__KAFKA__TOPICS__{key}"] = f"bench-{suffix}-{key.lower()}"
+    env["FRAUDSTREAM__KAFKA__PARTITIONS"] = str(partitions)
+    env["FRAUDSTREAM__WORKER__APP_ID"] = f"bench-{suffix}"
+    env["FRAUDSTREAM__WORKER__METRICS_PORT"] = "0"
+    env["FRAUDSTREAM__FEATURES__KEY_PREFIX"] = f"bench-{suffix}"
+    return env
+
+
+class Workers:
+    """``n`` worker processes of one system, each logging to its own file."""
+
+    def __init__(self, system: str, n: int, env: dict[str, str], logs: Path) -> None:
+        import subprocess
+
+        self.procs = []
+        for i in range(n):
+            log = (logs / f"{system}-{env['FRAUDSTREAM__WORKER__APP_ID']}-{i}.log").open("w")
+            worker_env = {
+                **os.environ,
+                **env,
+                "PYTHONUNBUFFERED": "1",
+                "FRAUDSTREAM__WORKER__DATA_DIR": str(logs / f"data-{uuid.uuid4().hex[:8]}"),
+            }
+            self.procs.append(
+                subprocess.Popen(SYSTEMS[system], cwd=REPO, env=worker_env, stdout=log, stderr=log)
+            )
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except Exception:
+                proc.kill()
+
+
+Seen = list[tuple[int, int]]
+
+
+async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Seen:
+    """(broker timestamp ms, event time ms) of the first decision of each transaction in
+    ``wanted``, until all arrived or nothing new came for ``timeout_s``."""
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.kafka_config import aiokafka_kwargs
+
+    consumer = AIOKafkaConsumer(
+        settings.kafka.topics.decisions,
+        group_id=None,
+        auto_offset_reset="earliest",
+        **aiokafka_kwargs(settings.kafka),
+    )
+    await consumer.start()
+    out: dict[str, tuple[int, int]] = {}
+    idle_since = time.monotonic()
+    try:
+        while len(out) < len(wanted) and time.monotonic() - idle_since < timeout_s:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                for r in records:
+                    doc = json.loads(r.value)
+                    tx = doc["transaction_id"]
+                    if tx in wanted and tx not in out:
+                        when = datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00"))
+                        out[tx] = (r.timestamp, int(when.timestamp() * 1000))
+                        idle_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return list(out.values())
+
+
+def _ids(messages: Sequence[Message]) -> set[str]:
+    return {json.loads(v)["transaction_id"] for _, v in messages}
+
+
+def _summarise(run: Run, seen: Seen, latency: bool) -> Run:
+    if not seen:
+        return run
+    stamps = np.array([s for s, _ in seen], dtype=np.int64)
+    span_s = max((stamps.max() - stamps.min()) / 1000.0, 1e-3)
+    run.decided = len(seen)
+    run.rate = len(seen) / span_s
+    seconds = (stamps - stamps.min()) // 1000
+    run.per_second = np.bincount(seconds).astype(int).tolist()
+    if latency:
+        lat = np.array([s - e for s, e in seen], dtype=np.float64)
+        run.latency_ms = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)} | {
+            "max": float(lat.max())
+        }
+    return run
+
+
+def measure(
+    system: str,
+    workers: int,
+    messages: Sequence[Message],
+    base_env: dict[str, str],
+    logs: Path,
+    *,
+    rates: Sequence[float] = (),
+    rate_messages: int = 0,
+    partitions: int = 4,
+) -> list[Run]:
+    """Peak with a pre-filled topic, then each rate (absolute, decisions/s) live."""
+    suffix = f"{system}{workers}-{uuid.uuid4().hex[:6]}"
+    env = _env(base_env, suffix, partitions)
+    settings = load_settings(None, env)
+    asyncio.run(ensure_topics(settings.kafka))
+    topic = settings.kafka.topics.transactions
+    asyncio.run(produce(settings.kafka, topic, messages))
+    procs = Workers(system, workers, env, logs)
+    runs = []
+    try:
+        seen = asyncio.run(_collect(settings, _ids(messages), timeout_s=120))
+        peak = Run(system, workers, "peak", None, len(messages), 0, 0.0)
+        runs.append(_summarise(peak, seen, latency=False))
+        for rate in rates:
+            fresh = [(k, _renamed(v)) for k, v in messages[:rate_messages]]
+
+            async def live(rate: float = rate, fresh: list[Message] = fresh) -> Seen:
+                collector = asyncio.create_task(_collect(settings, _ids(fresh), timeout_s=30))
+                await produce(settings.kafka, topic, fresh, rate=rate, live=True)
+                return await collector
+
+            got = asyncio.run(live())
+            paced = Run(system, workers, "rate", rate, len(fresh), 0, 0.0)
+            runs.append(_summarise(paced, got, latency=True))
+    finally:
+        procs.stop()
+    return runs
+
+
+def _renamed(value: bytes) -> bytes:
+    """A copy with a new transaction id, so a live phase is not a redelivery."""
+    doc = json.loads(value)
+    doc["transaction_id"] = f"L{uuid.uuid4().hex[:12]}-{doc['transaction_id']}"[:64]
+    return json.dumps(doc).encode()
+
+
+def _messages(n: int, seed: int) -> list[Message]:
+    from fraudstream.simulator import SimulatorConfig, generate
+
+    # ~2 payments per card and day: enough cards and days for n transactions.
+    days = 4
+    cards = max(200, n // (2 * days) + 1)
+    config = SimulatorConfig(seed=seed, n_cards=cards, n_terminals=max(40, cards // 4), days=days)
+    return messages_from_frame(generate(config).transactions.head(n))
+
+
+def _plots(runs: list[Run], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    written = []
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for run in runs:
+        if run.mode == "peak" and run.per_second:
+            ax.plot(run.per_second, label=f"{run.system} x{run.workers}")
+    ax.set_xlabel("second of the drain")
+    ax.set_ylabel("decisions per second")
+    ax.legend()
+    fig.savefig(out / "e2e_throughput.png", dpi=100)
+    written.append("e2e_throughput.png")
+    return written
+
+
+def report(runs: list[Run], setup: str, out: Path) -> str:
+    peak = {(r.system, r.workers): r.rate for r in runs if r.mode == "peak"}
+    engine1 = peak.get(("engine", 1), 0.0)
+    lines = [
+        "# End to end: engine, no-op limit, naive design",
+        "",
+        setup,
+        "",
+        "| system | workers | mode | target/s | sent | decided | decisions/s "
+        "| p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lat = r.latency_ms
+        lines.append(
+            f"| {r.system} | {r.workers} | {r.mode} | "
+            f"{'' if r.target_rate is None else f'{r.target_rate:,.0f}'} | {r.sent:,} | "
+            f"{r.decided:,} | {r.rate:,.0f} | "
+            + " | ".join(f"{lat[k]:.1f}" if k in lat else "" for k in ("p50", "p95", "p99"))
+            + " |"
+        )
+    if engine1:
+        lines += ["", "Ratios at one worker (peak decisions per second):", ""]
+        for other in ("noop", "naive"):
+            if peak.get((other, 1)):
+                lines.append(f"- engine / {other}: {engine1 / peak[(other, 1)]:.2f}")
+    lines += ["", "![throughput](e2e_throughput.png)", ""]
+    text = "\n".join(lines)
+    (out / "end_to_end.md").write_text(text)
+    (out / "end_to_end.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--transactions", type=int, default=60_000)
+    parser.add_argument("--systems", default="engine,noop,naive")
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--fractions", default="0.5,0.7,0.9")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    n = 10_000 if args.quick else args.transactions
+    rate_n = n // 4
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = args.out / "e2e-logs"
+    logs.mkdir(exist_ok=True)
+    settings = load_settings(None, os.environ)
+    base_env = {k: v for k, v in os.environ.items() if k.startswith("FRAUDSTREAM__")}
+    messages = _messages(n, seed=11)
+    runs: list[Run] = []
+    with shared_dev_stack(settings.devstack) as stack:
+        base_env["FRAUDSTREAM__KAFKA__BOOTSTRAP_SERVERS"] = json.dumps(stack.bootstrap_servers)
+        base_env["FRAUDSTREAM__REDIS__URL"] = stack.redis_url
+        fractions = [float(f) for f in args.fractions.split(",") if f]
+        for system in [s for s in args.systems.split(",") if s]:
+            first = measure(system, 1, messages, base_env, logs)
+            runs += first
+            peak = first[0].rate
+            if system == "engine" and peak > 0:
+                paced = measure(
+                    system, 1, messages, base_env, logs,
+                    rates=[f * peak for f in fractions], rate_messages=rate_n,
+                )  # fmt: skip
+                runs += paced[1:]
+            print(f"{system}: peak {peak:,.0f} decisions/s", flush=True)
+        if "engine" in args.systems:
+            for workers in [int(w) for w in args.workers.split(",") if int(w) > 1]:
+                runs += measure("engine", workers, messages, base_env, logs)
+    setup = (
+        f"Machine: {os.cpu_count()} CPUs ({platform.machine()}), {platform.python_version()}; "
+        f"Kafka (KRaft, one broker) and Redis on the same machine; {n:,} simulated "
+        f"transactions per peak run, {rate_n:,} per paced run; topics with 4 partitions."
+    )
+    _plots(runs, args.out)
+    print(report(runs, setup, args.out))
+
+
+if __name__ == "__main__":
+    main()
