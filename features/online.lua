@@ -149,7 +149,7 @@ for _, tx in ipairs(rows) do
   -- terminals the card used lately and when it last used each: {term, t, term, t...}
   local recent = {}
   if st[7] then recent = cmsgpack.unpack(st[7]) end
-  if maxt >= 0 and t < maxt - lateness then too_late = too_late + 1 end
+  if not seen and maxt >= 0 and t < maxt - lateness then too_late = too_late + 1 end
   local in_order = (not seen) and t > maxt
 
   -- predecessor in (t, id) order: the last event strictly before this one
@@ -295,9 +295,11 @@ for _, tx in ipairs(rows) do
   local mcc_risk = NAN
   local today = math.floor(t / DAY)
   if tx.mcc then
+    -- Redis's counts are read once per (category, day) in a batch; the batch's own
+    -- earlier transactions, counted at the end of it, are added here.
     local ckey = tx.mcc .. "|" .. today
-    mcc_risk = mcc_cache[ckey]
-    if mcc_risk == nil then
+    local base = mcc_cache[ckey]
+    if base == nil then
       local fields = {}
       for d = today - 36, today - 7 do
         fields[#fields + 1] = "n:" .. d
@@ -309,10 +311,19 @@ for _, tx in ipairs(rows) do
         nn = nn + (tonumber(got[j]) or 0)
         ff = ff + (tonumber(got[j + 1]) or 0)
       end
-      mcc_risk = 0
-      if nn > 0 then mcc_risk = ff / nn end
-      mcc_cache[ckey] = mcc_risk
+      base = {nn, ff}
+      mcc_cache[ckey] = base
     end
+    local nn = base[1]
+    for field, count in pairs(mcc_counts) do
+      local bar = string.find(field, "|", 1, true)
+      local day = tonumber(string.sub(field, bar + 1))
+      if string.sub(field, 1, bar - 1) == tx.mcc and day >= today - 36 and day <= today - 7 then
+        nn = nn + count
+      end
+    end
+    mcc_risk = 0
+    if nn > 0 then mcc_risk = base[2] / nn end
   end
 
   -- the row, in FEATURE_NAMES order

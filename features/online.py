@@ -14,7 +14,9 @@ key                              holds
                                  device, lat, lon]; ``!maxt``, ``!basec``/``!bases``
                                  (cumulative totals of trimmed events), ``!trim``, and
                                  ``#<device>`` -> last time the card used it
-``<p>:t:<terminal>:z`` / ``:f``  terminal event log / known-fraud log (sorted sets)
+``<p>:t:<terminal>:z`` / ``:f``  terminal event log / known-fraud log (sorted sets);
+                                 ``:l``: label time of each labelled transaction's
+                                 current label (the latest label time wins)
 ``<p>:d:<device>:z``             device log, member ``id\\0card`` (1 hour)
 ``<p>:i:<ip>:z``                 IP log, member ``id\\0card`` (1 hour)
 ``<p>:m:<mcc>``                  hash ``n:<day>`` / ``f:<day>``: UTC-day buckets
@@ -105,6 +107,10 @@ class RedisFeatureStore:
         return FEATURE_NAMES
 
     @property
+    def allowed_lateness_ms(self) -> int:
+        return self._lateness
+
+    @property
     def definitions_hash(self) -> str:
         return DEFINITIONS_HASH
 
@@ -152,6 +158,7 @@ class RedisFeatureStore:
                 _opt(label.mcc),
                 epoch_ms(label.event_time),
                 "1" if label.is_fraud else "0",
+                epoch_ms(label.label_time),
             )
         return int(self._call(self._labels, args))
 

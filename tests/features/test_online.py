@@ -8,18 +8,26 @@ import math
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from features.definitions import DAY_MS, FEATURE_NAMES
 from features.online import RedisFeatureStore, redis_client_for
+from features.sources import history_transactions, label_events
 from features.store import FeatureStore
+from features.twin import InMemoryFeatureStore
 from fraudstream.errors import FeatureStoreTimeout, FeatureStoreUnavailable
 from fraudstream.wire.schemas import LabelEvent, Transaction
+from tests.features import factories
+from tests.features.test_offline import scenarios
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday
 
@@ -260,3 +268,79 @@ def test_state_is_trimmed_as_the_card_history_advances(
     retained = client.zcard("trim:c:card1:z")
     assert retained <= 32  # 30 days plus the trimming hysteresis
     assert client.pttl("trim:c:card1:z") > 30 * DAY_MS
+
+
+def replay_online_in_arrival_order(
+    store: RedisFeatureStore,
+    rows: list[dict[str, Any]],
+    label_rows: list[dict[str, Any]],
+    batch: int,
+    order: list[int],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Online and twin features of ``rows`` fed in ``order`` (labels first, all known
+    before any transaction), micro-batch by micro-batch; rows back in history order."""
+    twin = InMemoryFeatureStore(allowed_lateness_ms=store.allowed_lateness_ms)
+    hist, labs = factories.history(rows), factories.labels(label_rows)
+    if label_rows:
+        events = label_events(labs)
+        store.apply_labels(events)
+        twin.apply_labels(events)
+    txs = history_transactions(hist)
+    online: dict[str, npt.NDArray[np.float64]] = {}
+    mirror: dict[str, npt.NDArray[np.float64]] = {}
+    arrivals = [txs[i] for i in order]
+    for start in range(0, len(arrivals), batch):
+        chunk = arrivals[start : start + batch]
+        for got, out in ((store.compute(chunk), online), (twin.compute(chunk), mirror)):
+            for tx, row in zip(chunk, got.values, strict=True):
+                out[tx.transaction_id] = row
+    ids = hist["transaction_id"].to_list()
+    return np.vstack([online[i] for i in ids]), np.vstack([mirror[i] for i in ids])
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    # each example writes under a prefix of its own, so sharing the client is safe
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(scenario=scenarios(), data=st.data())
+def test_online_equals_twin_in_any_arrival_order(
+    scenario: tuple[list[dict[str, Any]], list[dict[str, Any]], int],
+    data: st.DataObject,
+    redis_client: Callable[..., Any],
+) -> None:
+    """Late arrivals (within the allowed lateness), ties, labels, whole-week batches: the
+    Redis store and the twin agree on every feature of every row."""
+    rows, label_rows, batch = scenario
+    # Arrival order: by event time plus a delay under the allowed lateness, so every
+    # transaction is late by less than it (and many arrive after later ones).
+    lateness = 7 * DAY_MS
+    delays = data.draw(
+        st.lists(
+            st.one_of(st.just(0), st.integers(0, lateness - 1)),
+            min_size=len(rows),
+            max_size=len(rows),
+        )
+    )
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["event_time_ms"] + delays[i], i))
+    store = RedisFeatureStore(
+        redis_client(),
+        key_prefix=f"any-{uuid.uuid4().hex[:8]}",
+        allowed_lateness_ms=lateness,
+        timeout_ms=30_000,
+    )
+    online, twin = replay_online_in_arrival_order(store, rows, label_rows, batch, list(order))
+    factories.assert_same(online, twin)
+    assert store.too_late == 0  # nothing here is later than the allowed lateness
+
+
+def test_redelivered_late_transaction_is_counted_late_once(
+    make_store: Callable[..., RedisFeatureStore],
+) -> None:
+    store = make_store(allowed_lateness_ms=0)
+    old = make_tx(1, at=timedelta(0))
+    store.compute([make_tx(2, at=timedelta(hours=1))])
+    store.compute([old])
+    store.compute([old])
+    assert store.too_late == 1
