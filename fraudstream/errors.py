@@ -157,3 +157,54 @@ class FeatureHashMismatch(ModelError):
             f"model was trained on feature definitions {model_hash}, "
             f"but this engine runs feature definitions {running_hash}"
         )
+
+
+class DefinitionsMismatchError(FeatureHashMismatch):
+    """A trained engine bundle was built on other feature definitions than this code's.
+
+    ``expected`` is the running code's :data:`features.definitions.DEFINITIONS_HASH`,
+    ``found`` the bundle's; ``path`` the bundle directory.
+    """
+
+    def __init__(self, expected: str, found: str, path: Path | None = None) -> None:
+        self.expected = expected
+        self.found = found
+        self.path = path
+        super().__init__(model_hash=found, running_hash=expected)
+        where = f" at {path}" if path is not None else ""
+        self.args = (
+            f"the engine{where} was trained on feature definitions {found}, but this code "
+            f"computes feature definitions {expected}: retrain it (`fraudstream train`, or "
+            "`fraudstream demo` for a demo engine)",
+        )
+
+
+class EngineBundleMissing(ModelError):
+    """No trained engine where the settings (``models.bundle_dir``) say one is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"no trained engine at {path}: run `fraudstream demo` or `fraudstream train`"
+        )
+
+
+class EngineBundleError(ModelError):
+    """A directory holds a model, but not a usable engine bundle (``reason`` says why)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path} is not a usable engine bundle: {reason}")
+
+
+class TrainingPeriodError(ModelError):
+    """A training period holds too little to learn from (``period``: layers, ensemble or
+    ensemble calibration; ``rows`` and ``frauds`` it holds; ``reason`` what to change)."""
+
+    def __init__(self, period: str, rows: int, frauds: int, reason: str) -> None:
+        self.period = period
+        self.rows = rows
+        self.frauds = frauds
+        self.reason = reason
+        super().__init__(f"the {period} period has {rows} rows and {frauds} known frauds: {reason}")

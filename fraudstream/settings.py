@@ -160,6 +160,22 @@ class FeatureSettings(_Section):
     label_store_dir: Path = PROJECT_ROOT / ".devstack" / "labels"
 
 
+class ModelSettings(_Section):
+    # The trained engine the worker loads (a directory written by `fraudstream train` or
+    # `fraudstream demo`: the ensemble, every layer and engine.json, under one manifest).
+    bundle_dir: Path = PROJECT_ROOT / ".devstack" / "engine"
+
+
+class RuleSettings(_Section):
+    # The rule file itself is scoring.rules_file.
+    # How often the rule file is re-read for changes (hot reload, no restart).
+    reload_interval_s: float = Field(default=1.0, ge=0.0, le=3600.0)
+    # The rule layer's own score for a row on which only review rules fire.
+    review_score: float = Field(default=0.7, ge=0.0, le=1.0)
+    # Redis key prefix of the allow/deny lists ("<prefix>:<column>" sets).
+    list_prefix: str = Field(default="fraudstream:list", pattern=r"^[A-Za-z0-9_.:\-]+$")
+
+
 class DataSettings(_Section):
     handbook_path: Path = (
         PROJECT_ROOT.parent / "shared" / "data" / "handbook" / "transactions.parquet"
@@ -185,6 +201,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     devstack: DevstackSettings = DevstackSettings()
     features: FeatureSettings = FeatureSettings()
+    models: ModelSettings = ModelSettings()
+    rules: RuleSettings = RuleSettings()
     data: DataSettings = DataSettings()
 
 

@@ -17,6 +17,7 @@ class EngineTopics:
     transactions: Any
     decisions: Any
     deadletter: Any
+    labels: Any
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -62,4 +63,5 @@ def declare_topics(app: faust.App, settings: Settings) -> EngineTopics:
         transactions=topic(names.transactions),
         decisions=topic(names.decisions),
         deadletter=topic(names.deadletter),
+        labels=topic(names.labels),
     )

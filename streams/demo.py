@@ -1,8 +1,10 @@
 """``fraudstream demo``: the first command a newcomer runs.
 
-Brings the dev stack up, starts a worker, replays simulated transactions (a few with
-defects), and prints the decisions as they arrive plus a summary. The stack is left
-running so the topics can be inspected; ``fraudstream devstack down`` stops it.
+Makes sure there is a trained engine (without one, trains a small one on simulated
+data first: about a minute on two cores), brings the dev stack up, starts a worker,
+replays simulated transactions from after the training period (a few with defects), and
+prints the decisions as they arrive plus a summary. The stack is left running so the
+topics can be inspected; ``fraudstream devstack down`` stops it.
 """
 
 from __future__ import annotations
@@ -14,25 +16,130 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
+from fraudstream.errors import DefinitionsMismatchError, EngineBundleMissing
 from fraudstream.settings import Settings
 from streams.kafka_config import aiokafka_kwargs
 from streams.topics import ensure_topics
 
+if TYPE_CHECKING:
+    from fraudstream.simulator import SimulatedData
+    from training.bundle import EngineInfo
+
 DEFECTS = [b"{not json", b'{"schema_version": 42}']
 
+# The `fraudstream` command in a child process. Not `python -m fraudstream.cli`: that runs
+# the CLI module as __main__, and a subcommand module importing fraudstream.cli at its
+# top would then import (and run) it a second time.
+FRAUDSTREAM_COMMAND = (sys.executable, "-c", "from fraudstream.cli import main; main()")
 
-def _demo_messages(count: int, seed: int) -> list[tuple[bytes | None, bytes]]:
-    from fraudstream.simulator import SimulatorConfig, generate, to_json_lines
+# The demo world: one simulation; the engine learns on its first TRAIN_DAYS (layers on
+# the first LAYER_DAYS, the meta-ensemble on the rest) and the replay is what follows.
+DEMO_START = datetime(2025, 1, 1, tzinfo=UTC)
+LAYER_DAYS = 12
+TRAIN_DAYS = 20
+REPLAY_DAYS = 2
+# Labels arrive within LABEL_DELAY_DAYS in the demo world (real chargebacks take weeks,
+# which would leave a three-week simulation with few known frauds to learn from).
+LABEL_DELAY_DAYS = 3
+DEMO_PREFIX = "demo:"
 
-    data = generate(SimulatorConfig(seed=seed, n_cards=300, n_terminals=120, days=2))
-    frame = data.transactions.head(count)
+
+def demo_simulation(seed: int, *, n_cards: int = 500, n_terminals: int = 160) -> SimulatedData:
+    from fraudstream.simulator import LabelConfig, SimulatorConfig, generate
+
+    return generate(
+        SimulatorConfig(
+            seed=seed,
+            n_cards=n_cards,
+            n_terminals=n_terminals,
+            days=TRAIN_DAYS + REPLAY_DAYS,
+            start=DEMO_START.date(),
+            fraud_rate=0.02,
+            labels=LabelConfig(
+                chargeback_delay_days=(1.0, LABEL_DELAY_DAYS - 0.5),
+                investigator_delay_hours=(1.0, 48.0),
+            ),
+        )
+    )
+
+
+def train_demo_engine(
+    data: SimulatedData, bundle_dir: Path, *, seed: int, progress: Any = None
+) -> EngineInfo:
+    """A small engine trained on the first :data:`TRAIN_DAYS` of ``data``."""
+    import polars as pl
+
+    from features.definitions import DAY_MS
+    from features.sources import simulated_tables
+    from training.engine import TrainingParams, train_engine
+
+    history, labels = simulated_tables(data)
+    train_end = DEMO_START + timedelta(days=TRAIN_DAYS)
+    history = history.filter(pl.col("event_time_ms") < int(train_end.timestamp() * 1000))
+    tx = data.transactions
+    outcomes = pl.DataFrame(
+        {
+            "transaction_id": tx["transaction_id"].astype(str).tolist(),
+            "is_fraud": tx["is_fraud"].to_numpy(),
+        }
+    )
+    trained = train_engine(
+        history,
+        labels,
+        outcomes,
+        layers_until=DEMO_START + timedelta(days=LAYER_DAYS),
+        ensemble_until=train_end,
+        out_dir=bundle_dir,
+        rules_file=Path(__file__).resolve().parent.parent / "config" / "rules.toml",
+        params=TrainingParams.small(label_delay_ms=LABEL_DELAY_DAYS * DAY_MS),
+        progress=progress,
+        trained_on=f"{DEMO_PREFIX} simulator seed {seed}, {TRAIN_DAYS} days",
+    )
+    return trained.info
+
+
+def ensure_engine(settings: Settings, data: SimulatedData, seed: int, console: Console) -> None:
+    """Use the engine at ``models.bundle_dir``; train a demo one when there is none (or
+    when the demo's own engine predates the current feature definitions)."""
+    from training.bundle import read_engine_info
+
+    bundle = settings.models.bundle_dir
+    try:
+        info = read_engine_info(bundle)
+    except EngineBundleMissing:
+        console.print(f"no trained engine at {bundle}: training a small demo engine first")
+    except DefinitionsMismatchError as exc:
+        stale = read_engine_info(bundle, check_definitions=False)
+        if not stale.trained_on.startswith(DEMO_PREFIX):
+            raise
+        console.print(f"the demo engine is out of date ({exc.found}): training it again")
+    else:
+        console.print(f"engine {info.version} from {bundle} ({info.trained_on or 'trained'})")
+        return
+    started = time.monotonic()
+    info = train_demo_engine(
+        data, bundle, seed=seed, progress=lambda m: console.print(f"  [dim]training:[/dim] {m}")
+    )
+    console.print(
+        f"trained engine {info.version} in {time.monotonic() - started:.0f} s "
+        f"(ensemble AUC on its period: {info.metrics.get('ensemble', {}).get('roc_auc', 'n/a')})"
+    )
+
+
+def _demo_messages(data: SimulatedData, count: int) -> list[tuple[bytes | None, bytes]]:
+    from fraudstream.simulator import to_json_lines
+
+    tx = data.transactions
+    replay_from = DEMO_START + timedelta(days=TRAIN_DAYS)
+    frame = tx[tx["event_time"] >= replay_from].head(count)
     keys = [card.encode() for card in frame["card_id"]]
     messages: list[tuple[bytes | None, bytes]] = list(zip(keys, to_json_lines(frame), strict=True))
     for n, defect in enumerate(DEFECTS):
@@ -40,8 +147,33 @@ def _demo_messages(count: int, seed: int) -> list[tuple[bytes | None, bytes]]:
     return messages
 
 
+def _replayed_frauds(data: SimulatedData, count: int) -> dict[str, str]:
+    """transaction id -> attack, of the simulated frauds among the replayed rows."""
+    tx = data.transactions
+    frame = tx[tx["event_time"] >= DEMO_START + timedelta(days=TRAIN_DAYS)].head(count)
+    frauds = frame[frame["is_fraud"] == 1]
+    return dict(
+        zip(frauds["transaction_id"].astype(str), frauds["attack"].astype(str), strict=True)
+    )
+
+
+def _line(value: dict[str, Any], attack: str | None) -> str:
+    colour = {"approve": "green", "review": "yellow", "decline": "red"}[value["decision"]]
+    reasons = ",".join(r["code"] for r in value["reasons"][:2])
+    return (
+        f"[{colour}]{value['decision']:>7}[/{colour}] {value['transaction_id']} "
+        f"{value['amount']:>9.2f} {value['currency']} score {value['score']:.3f}"
+        + (f" {reasons}" if reasons else "")
+        + (" [dim](degraded)[/dim]" if value["degraded"] else "")
+        + (f" [magenta]← simulated {attack}[/magenta]" if attack else "")
+    )
+
+
 async def _replay_and_watch(
-    settings: Settings, messages: list[tuple[bytes | None, bytes]], console: Console
+    settings: Settings,
+    messages: list[tuple[bytes | None, bytes]],
+    console: Console,
+    frauds: dict[str, str],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
     topics = settings.kafka.topics
     kwargs = aiokafka_kwargs(settings.kafka)
@@ -76,14 +208,13 @@ async def _replay_and_watch(
                     )
                     continue
                 decisions.append(value)
-                if len(decisions) <= 15 or value["decision"] != "approve":
-                    colour = {"approve": "green", "review": "yellow", "decline": "red"}[
-                        value["decision"]
-                    ]
+                attack = frauds.get(value["transaction_id"])
+                if len(decisions) <= 10 or value["decision"] != "approve" or attack:
+                    console.print(_line(value, attack))
+                if len(decisions) == 1:
                     console.print(
-                        f"[{colour}]{value['decision']:>7}[/{colour}] {value['transaction_id']} "
-                        f"card {value['card_id']} {value['amount']:>9.2f} {value['currency']} "
-                        f"score {value['score']:.3f} model {value['model_version']}"
+                        f"[dim]model {value['model_version']}, "
+                        f"layers {', '.join(value['layers_run'])}[/dim]"
                     )
     await consumer.stop()
     return decisions, letters, time.monotonic() - started
@@ -94,6 +225,8 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
 
     console = Console()
     console.rule("fraudstream demo")
+    data = demo_simulation(seed)
+    ensure_engine(settings, data, seed, console)
     info = DevStack(settings.devstack).up()
     console.print(f"Kafka at {info.kafka_bootstrap}, Redis at {info.redis_url}")
     asyncio.run(ensure_topics(settings.kafka))
@@ -102,16 +235,23 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     console.print(f"starting a worker (log: {log_path})")
     with log_path.open("w") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "fraudstream.cli", "worker"],
+            [*FRAUDSTREAM_COMMAND, "worker"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
         _wait_for_ready(log_path, worker)
-        messages = _demo_messages(count, seed)
-        console.print(f"replaying {len(messages)} messages ({len(DEFECTS)} deliberately broken)")
-        decisions, letters, seconds = asyncio.run(_replay_and_watch(settings, messages, console))
+        messages = _demo_messages(data, count)
+        frauds = _replayed_frauds(data, count)
+        console.print(
+            f"replaying {len(messages)} messages ({len(DEFECTS)} deliberately broken, "
+            f"{len(frauds)} simulated frauds); showing the first decisions, then every "
+            "review, decline and fraud"
+        )
+        decisions, letters, seconds = asyncio.run(
+            _replay_and_watch(settings, messages, console, frauds)
+        )
     finally:
         worker.terminate()
         worker.wait(30)
@@ -121,6 +261,12 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     table.add_column("count", justify="right")
     for outcome, n in sorted(Counter(d["decision"] for d in decisions).items()):
         table.add_row(f"decision: {outcome}", str(n))
+    flagged = {d["transaction_id"] for d in decisions if d["decision"] != "approve"}
+    table.add_row("simulated frauds", str(len(frauds)))
+    table.add_row("  of them reviewed or declined", str(len(flagged & set(frauds))))
+    table.add_row("genuine reviewed or declined", str(len(flagged - set(frauds))))
+    table.add_row("degraded decisions", str(sum(bool(d["degraded"]) for d in decisions)))
+    table.add_row("deadline defaults", str(sum(bool(d.get("timeout_default")) for d in decisions)))
     table.add_row("dead letters", str(len(letters)))
     table.add_row("seconds (produce → last decision)", f"{seconds:.2f}")
     console.print(table)

@@ -1,19 +1,22 @@
 """The pure heart of the scoring agent: raw messages in, messages to produce out.
 
-The Faust agent (``streams/agents.py``) only adapts events to :class:`RawMessage`, calls
-:func:`process_batch` and produces what it returns, so everything here is testable
-without a broker.
+The Faust agents (``streams/agents.py``) only adapt events to :class:`RawMessage`, call
+:func:`process_batch_within` (transactions: decode, decide in a worker thread under the
+deadline, encode) or :func:`decode_labels` (the labels topic), and produce what they
+return, so everything here is testable without a broker.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from fraudstream.wire import BatchDecoder, DeadLetter, Decision, Transaction, encode
+from fraudstream.wire import BatchDecoder, DeadLetter, Decision, LabelEvent, Transaction, encode
+from fraudstream.wire.decode import Rejected
 from fraudstream.wire.schemas import SCHEMA_VERSION, RejectKind
 
 
@@ -38,6 +41,20 @@ class BatchOutcome:
     deadletters: list[Outgoing] = field(default_factory=list)
     rejected: Counter[RejectKind] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
+    # Decisions made without every layer / feature, and configured defaults emitted
+    # because the deadline passed.
+    degraded: int = 0
+    timeout_defaults: int = 0
+
+
+@dataclass(slots=True)
+class LabelOutcome:
+    """A decoded batch of the labels topic: the labels to apply and the dead letters."""
+
+    labels: list[LabelEvent] = field(default_factory=list)
+    deadletters: list[Outgoing] = field(default_factory=list)
+    rejected: Counter[RejectKind] = field(default_factory=Counter)
+    applied: int = 0  # labels that changed the feature state (a repeat changes nothing)
 
 
 class DecisionPipeline(Protocol):
@@ -46,16 +63,76 @@ class DecisionPipeline(Protocol):
     def decide(self, transactions: Sequence[Transaction], now: datetime) -> list[Decision]: ...
 
 
+# (transactions, now, timed_out) -> the configured default decisions: ``timed_out`` is
+# False when the pipeline raised instead.
+Fallback = Callable[[Sequence[Transaction], datetime, bool], list[Decision]]
+
+
 class StreamHooks(Protocol):
-    """Where the agent reports what happened; the Prometheus implementation lives in
+    """Where the agents report what happened; the Prometheus implementation lives in
     ``fraudstream.metrics`` so that scoring code never touches prometheus_client."""
 
     def batch_processed(self, outcome: BatchOutcome, size: int, seconds: float) -> None: ...
+
+    def labels_processed(self, outcome: LabelOutcome, size: int, seconds: float) -> None: ...
+
+    def pipeline_failed(self, error: BaseException) -> None: ...
 
 
 class NoHooks:
     def batch_processed(self, outcome: BatchOutcome, size: int, seconds: float) -> None:
         return None
+
+    def labels_processed(self, outcome: LabelOutcome, size: int, seconds: float) -> None:
+        return None
+
+    def pipeline_failed(self, error: BaseException) -> None:
+        return None
+
+
+def _dead_letters(
+    messages: Sequence[RawMessage],
+    rejected: Sequence[Rejected],
+    now: datetime,
+    letters: list[Outgoing],
+    counts: Counter[RejectKind],
+) -> None:
+    for item in rejected:
+        source = messages[item.index]
+        letter = DeadLetter(
+            schema_version=SCHEMA_VERSION,
+            source_topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
+            kind=item.kind,
+            reason=item.reason[:1024],
+            original=item.raw,
+            received_at=now,
+        )
+        letters.append(Outgoing(source.key, encode(letter)))
+        counts[item.kind] += 1
+
+
+def decode_batch(
+    messages: Sequence[RawMessage], decoder: BatchDecoder[Transaction], now: datetime
+) -> tuple[BatchOutcome, list[Transaction]]:
+    """The dead letters of a batch (in the outcome) and its valid transactions, in order."""
+    outcome = BatchOutcome()
+    decoded = decoder.decode([m.value for m in messages])
+    _dead_letters(messages, decoded.rejected, now, outcome.deadletters, outcome.rejected)
+    return outcome, decoded.items
+
+
+def record_decisions(
+    outcome: BatchOutcome, transactions: Sequence[Transaction], decisions: Sequence[Decision]
+) -> None:
+    if len(decisions) != len(transactions):
+        raise AssertionError("a pipeline must return exactly one decision per transaction")
+    for decision in decisions:
+        outcome.decisions.append(Outgoing(decision.card_id.encode(), encode(decision)))
+        outcome.outcomes[decision.decision] += 1
+        outcome.degraded += decision.degraded
+        outcome.timeout_defaults += decision.timeout_default
 
 
 def process_batch(
@@ -64,30 +141,88 @@ def process_batch(
     pipeline: DecisionPipeline,
     now: datetime | None = None,
 ) -> BatchOutcome:
+    """Decode, decide (on this thread, without a deadline of its own), encode."""
     now = now or datetime.now(UTC)
-    outcome = BatchOutcome()
+    outcome, transactions = decode_batch(messages, decoder, now)
+    if transactions:
+        record_decisions(outcome, transactions, pipeline.decide(transactions, now))
+    return outcome
+
+
+class DeadlineDecider:
+    """Runs a blocking pipeline in a worker thread, under a deadline.
+
+    A CPU-bound layer cannot be interrupted, so when ``timeout_s`` passes the caller gets
+    ``fallback(..., timed_out=True)`` at once and the late thread is left to finish (the
+    engine's own :class:`models.decide.Deadline` makes it stop early); the next call
+    waits for it first, so two batches never run through the engine at the same time.
+    A pipeline that raises gets ``fallback(..., timed_out=False)`` and the error is
+    reported through ``on_error``: input must never stop the stream.
+    """
+
+    def __init__(
+        self,
+        pipeline: DecisionPipeline,
+        *,
+        timeout_s: float,
+        fallback: Fallback,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.timeout_s = timeout_s
+        self._fallback = fallback
+        self._on_error = on_error
+        self._late: asyncio.Future[list[Decision]] | None = None
+
+    async def decide(self, transactions: Sequence[Transaction], now: datetime) -> list[Decision]:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.timeout_s
+        if self._late is not None:
+            await asyncio.wait({self._late})
+            self._late = None
+        remaining = give_up_at - loop.time()
+        if remaining <= 0:
+            return self._fallback(transactions, now, True)
+        task = asyncio.ensure_future(asyncio.to_thread(self.pipeline.decide, transactions, now))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), remaining)
+        except TimeoutError:
+            self._late = task
+            task.add_done_callback(self._finished_late)
+            return self._fallback(transactions, now, True)
+        except Exception as exc:  # a bug must not stop the stream
+            if self._on_error is not None:
+                self._on_error(exc)
+            return self._fallback(transactions, now, False)
+
+    def _finished_late(self, task: asyncio.Future[list[Decision]]) -> None:
+        if not task.cancelled() and task.exception() is not None and self._on_error is not None:
+            self._on_error(task.exception())  # type: ignore[arg-type]
+
+
+async def process_batch_within(
+    messages: Sequence[RawMessage],
+    decoder: BatchDecoder[Transaction],
+    decider: DeadlineDecider,
+    now: datetime | None = None,
+) -> BatchOutcome:
+    """:func:`process_batch` with the decision made by ``decider`` (thread + deadline)."""
+    now = now or datetime.now(UTC)
+    outcome, transactions = decode_batch(messages, decoder, now)
+    if transactions:
+        record_decisions(outcome, transactions, await decider.decide(transactions, now))
+    return outcome
+
+
+def decode_labels(
+    messages: Sequence[RawMessage], decoder: BatchDecoder[LabelEvent], now: datetime | None = None
+) -> LabelOutcome:
+    """The labels of a batch of the labels topic, and dead letters for the bad messages."""
+    now = now or datetime.now(UTC)
+    outcome = LabelOutcome()
     decoded = decoder.decode([m.value for m in messages])
-    for rejected in decoded.rejected:
-        source = messages[rejected.index]
-        letter = DeadLetter(
-            schema_version=SCHEMA_VERSION,
-            source_topic=source.topic,
-            partition=source.partition,
-            offset=source.offset,
-            kind=rejected.kind,
-            reason=rejected.reason[:1024],
-            original=rejected.raw,
-            received_at=now,
-        )
-        outcome.deadletters.append(Outgoing(source.key, encode(letter)))
-        outcome.rejected[rejected.kind] += 1
-    if decoded.items:
-        decisions = pipeline.decide(decoded.items, now)
-        if len(decisions) != len(decoded.items):
-            raise AssertionError("a pipeline must return exactly one decision per transaction")
-        for decision in decisions:
-            outcome.decisions.append(Outgoing(decision.card_id.encode(), encode(decision)))
-            outcome.outcomes[decision.decision] += 1
+    _dead_letters(messages, decoded.rejected, now, outcome.deadletters, outcome.rejected)
+    outcome.labels = list(decoded.items)
     return outcome
 
 

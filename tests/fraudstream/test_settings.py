@@ -140,3 +140,22 @@ def test_secrets_do_not_leak_in_repr() -> None:
 )
 def test_locate_key(text: str, key: str, line: int | None) -> None:
     assert locate_key(text, key) == line
+
+
+def test_every_section_is_documented_in_the_shipped_file() -> None:
+    text = DEFAULT_CONFIG_FILE.read_text(encoding="utf-8")
+    for section in Settings.model_fields:
+        assert f"\n[{section}]\n" in text, f"[{section}] is not in {DEFAULT_CONFIG_FILE}"
+
+
+def test_engine_and_rule_settings_load_and_override(tmp_path: Path) -> None:
+    settings = load_settings(None, {})
+    assert settings.models.bundle_dir.name == "engine"
+    assert settings.rules.reload_interval_s == 1.0
+    assert settings.scoring.rules_file == DEFAULT_CONFIG_FILE.parent / "rules.toml"
+    moved = load_settings(None, {"FRAUDSTREAM__MODELS__BUNDLE_DIR": str(tmp_path / "e")})
+    assert moved.models.bundle_dir == tmp_path / "e"
+    path = write(tmp_path, "[rules]\nreload_interval_s = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert (info.value.key, info.value.line) == ("rules.reload_interval_s", 2)

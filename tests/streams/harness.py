@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.demo import FRAUDSTREAM_COMMAND
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +38,7 @@ class FraudstreamProcess:
 
     def start(self) -> FraudstreamProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fraudstream.cli", *self.args],
+            [*FRAUDSTREAM_COMMAND, *self.args],
             cwd=REPO,
             env=self.env,
             stdout=subprocess.PIPE,

@@ -1,8 +1,10 @@
-"""The scoring worker on the real broker: 1,000 transactions in, 1,000 decisions out,
-malformed messages on the dead-letter topic."""
+"""The scoring worker on the real broker and Redis, with a trained engine: 1,000
+transactions in, 1,000 decisions out (every layer run), malformed messages on the
+dead-letter topic; labels applied, malformed labels dead-lettered."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections import Counter
@@ -16,6 +18,7 @@ from tests.streams.harness import FraudstreamProcess, consume_until, produce, tr
 
 pytestmark = pytest.mark.integration
 
+BAD_LABEL = json.dumps({"schema_version": 1, "transaction_id": "x", "is_fraud": "maybe"}).encode()
 MALFORMED = [
     b"{this is not json",
     json.dumps({"schema_version": 99, "transaction_id": "future"}).encode(),
@@ -24,10 +27,57 @@ MALFORMED = [
 ]
 
 
+LABELLED = range(0, 100, 7)
+
+
+async def _recorded_frauds(settings: Any, frauds: dict[str, str]) -> set[str]:
+    """The fraud labels found in the store's terminal fraud logs, once all are there or
+    after 60 s (the labels agent runs beside the scoring agent)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.redis.url)
+    prefix = settings.features.key_prefix
+    found: set[str] = set()
+    try:
+        for _ in range(120):
+            found = {
+                tx
+                for tx, terminal in frauds.items()
+                if await client.zscore(f"{prefix}:t:{terminal}:f", tx) is not None
+            }
+            if found == set(frauds):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await client.aclose()
+    return found
+
+
+def label(i: int) -> dict[str, Any]:
+    t = transaction(i)
+    return {
+        "schema_version": 1,
+        "transaction_id": t["transaction_id"],
+        "card_id": t["card_id"],
+        "terminal_id": t["terminal_id"],
+        "event_time": t["event_time"],
+        "label_time": "2025-03-02T00:00:00Z",
+        "is_fraud": i % 2 == 0,
+        "source": "investigator",
+    }
+
+
 async def test_every_transaction_gets_exactly_one_decision(
-    stack: Any, make_settings: Any, tmp_path: Path
+    stack: Any, make_settings: Any, engine_bundle: Path, tmp_path: Path
 ) -> None:
-    settings, env = make_settings(with_env=True)
+    # A generous deadline: this test is about delivery, not speed (a loaded CI machine
+    # must not turn decisions into timeout defaults).
+    settings, env = make_settings(
+        with_env=True,
+        models__bundle_dir=str(engine_bundle),
+        scoring__deadline_ms="30000",
+        breaker__latency_budget_ms="30000",
+    )
     topics = settings.kafka.topics
     await ensure_topics(settings.kafka)
 
@@ -42,15 +92,25 @@ async def test_every_transaction_gets_exactly_one_decision(
         for n, bad in enumerate(MALFORMED):
             messages.insert(100 + 200 * n, (None, bad))
         await produce(stack.kafka_bootstrap, topics.transactions, messages)
+        labels: list[tuple[bytes | None, bytes]] = [
+            (None, json.dumps(label(i)).encode()) for i in LABELLED
+        ]
+        labels.insert(3, (None, BAD_LABEL))
+        await produce(stack.kafka_bootstrap, topics.labels, labels)
 
         received = await consume_until(
             stack.kafka_bootstrap,
             [topics.decisions, topics.deadletter],
             lambda got: (
-                len(got[topics.decisions]) >= 1000 and len(got[topics.deadletter]) >= len(MALFORMED)
+                len(got[topics.decisions]) >= 1000
+                and len(got[topics.deadletter]) >= len(MALFORMED) + 1
             ),
             timeout=120,
         )
+        frauds = {
+            label(i)["transaction_id"]: label(i)["terminal_id"] for i in LABELLED if i % 2 == 0
+        }
+        recorded = await _recorded_frauds(settings, frauds)
     finally:
         assert worker.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
@@ -64,8 +124,16 @@ async def test_every_transaction_gets_exactly_one_decision(
         assert decision["card_id"] == t["card_id"]
         assert decision["amount"] == t["amount"]
         assert decision["decision"] in {"approve", "review", "decline"}
+    assert all(sorted(d["layers_run"]) == ["gnn", "iforest", "rules", "xgboost"] for d in decisions)
+    assert not any(d["timeout_default"] for d in decisions)
 
-    letters = received[topics.deadletter]
+    letters = [d for d in received[topics.deadletter] if d["source_topic"] == topics.transactions]
+    (bad_label,) = [d for d in received[topics.deadletter] if d["source_topic"] == topics.labels]
+    assert base64.b64decode(bad_label["original"]) == BAD_LABEL
+    assert bad_label["kind"] == "schema_violation"
+    # The fraud verdicts reached the feature store: each is in its terminal's fraud log.
+    assert recorded == set(frauds)
+
     assert sorted(base64.b64decode(d["original"]) for d in letters) == sorted(MALFORMED)
     kinds = Counter(d["kind"] for d in letters)
     assert kinds == {
@@ -74,4 +142,4 @@ async def test_every_transaction_gets_exactly_one_decision(
         "schema_violation": 1,
         "oversize": 1,
     }
-    assert all(d["source_topic"] == topics.transactions and d["reason"] for d in letters)
+    assert all(d["reason"] for d in letters)
