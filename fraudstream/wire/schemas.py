@@ -122,6 +122,102 @@ class LabelEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     mcc: Mcc | None = None
 
 
+# --- payment pipeline: authorisation, clearing, reconciliation --------------------------
+#
+# Co-partitioning: transactions, decisions, authorizations, settlements and
+# reconciliation.exceptions are all keyed by ``card_id`` and created with the same
+# partition count (``kafka.partitions``), so every message about one payment lands on the
+# same partition number of every topic. The reconciler's state, keyed by
+# ``transaction_id``, therefore lives in exactly one partition: a payment's authorisation
+# and its settlements meet in the same task without a repartition.
+
+ResponseCode = Literal["00", "05", "59", "91"]
+
+
+class Authorization(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What the payment pipeline answered for one decision. Keyed by ``card_id``.
+
+    ``response_code`` is ISO 8583 field 39, from the decision
+    (``fraudstream.authorize.mapping``): approve → approved, 00; review → approved, 00,
+    ``review`` true (the payment goes through and is queued for an analyst: the
+    cardholder is never held up by the engine's uncertainty); decline → not approved,
+    59 suspected fraud; decline while ``degraded`` (fallback layers) → 05 do not honour;
+    decline emitted as the ``timeout_default`` (deadline passed, fail-closed) → 91 issuer
+    unavailable, which terminals may retry. An approve or review emitted as the
+    fail-open timeout default stays 00 with ``timeout_default`` set.
+    """
+
+    schema_version: Version
+    transaction_id: Id
+    card_id: Id
+    approved: bool
+    response_code: ResponseCode
+    review: bool
+    timeout_default: bool
+    amount: Amount
+    currency: Currency
+    decision: Outcome
+    score: Score
+    model_version: Annotated[str, msgspec.Meta(max_length=128)]
+    event_time: EventTime  # of the transaction
+    authorized_at: EventTime
+
+
+SettlementKind = Literal["capture", "partial_capture", "refund", "tip_adjusted"]
+
+
+class Settlement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One clearing record from the acquirer. Keyed by ``card_id``.
+
+    ``capture`` settles the authorised amount in full; ``partial_capture`` rows (split
+    shipments) sum up to it; ``tip_adjusted`` may exceed it by the tip; ``refund`` returns
+    money and references the original ``transaction_id``.
+    """
+
+    schema_version: Version
+    settlement_id: Id
+    transaction_id: Id
+    card_id: Id
+    amount: Amount
+    currency: Currency
+    settled_at: EventTime
+    kind: SettlementKind
+
+
+ExceptionKind = Literal[
+    "settlement_without_authorization",
+    "authorization_not_settled",
+    "amount_mismatch",
+    "currency_mismatch",
+    "duplicate_settlement",
+    "settled_while_declined",
+    "refund_exceeds_capture",
+]
+
+
+class ReconciliationException(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """A discrepancy between what was authorised and what settled. Keyed by ``card_id``.
+
+    ``expected_*`` is the authorisation's side (absent when there is none), ``actual_*``
+    the settlement's (absent for ``authorization_not_settled``). ``detected_at`` is the
+    reconciler's event-time watermark when it was found, never wall time.
+    """
+
+    schema_version: Version
+    kind: ExceptionKind
+    transaction_id: Id
+    card_id: Id
+    settlement_id: Id | None = None
+    expected_amount: Amount | None = None
+    expected_currency: Currency | None = None
+    actual_amount: Amount | None = None
+    actual_currency: Currency | None = None
+    detail: Annotated[str, msgspec.Meta(max_length=512)]
+    detected_at: EventTime
+
+
 # Topic name (settings key) -> the struct its values follow. Grows as topics are added.
 TOPIC_SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "transactions": Transaction,
@@ -129,4 +225,7 @@ TOPIC_SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "decisions_shadow": Decision,
     "deadletter": DeadLetter,
     "labels": LabelEvent,
+    "authorizations": Authorization,
+    "settlements": Settlement,
+    "reconciliation_exceptions": ReconciliationException,
 }
