@@ -26,7 +26,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from fraudstream.authorize.config import AuthorizeConfig
 from fraudstream.errors import ConfigError, ConfigErrors
+from fraudstream.reconcile.config import ReconcileConfig
 
 ENV_PREFIX = "FRAUDSTREAM__"
 ENV_NESTED_DELIMITER = "__"
@@ -136,6 +138,8 @@ class WorkerSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Faust keeps table state here; changelog topics make it survive a lost disk.
     data_dir: Path = PROJECT_ROOT / ".devstack" / "faust"
+    # Run continuous reconciliation (authorizations x settlements) in this worker too.
+    reconcile: bool = True
 
 
 class DevstackSettings(_Section):
@@ -204,6 +208,9 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     rules: RuleSettings = RuleSettings()
     data: DataSettings = DataSettings()
+    # Owned by their packages (pure pydantic models), configured here like the rest.
+    reconciliation: ReconcileConfig = ReconcileConfig()
+    authorize: AuthorizeConfig = AuthorizeConfig()
 
 
 class _MappingEnvSource(EnvSettingsSource):

@@ -29,6 +29,7 @@ from models.rules import RuleBook, RuleSet, RulesScorer, RulesSettings
 from models.rules.lists import RedisListStore
 from streams.agents import register_labels_agent, register_scoring_agent
 from streams.app import create_app, declare_topics
+from streams.reconcile import LatestTotals, ReconcileHooks, register_reconcile_agent
 from streams.scoring import DeadlineDecider, StreamHooks
 from streams.topics import ensure_topics
 from training.bundle import EngineInfo, load_bundle
@@ -152,7 +153,10 @@ def build_scoring(
 
 
 def build_worker_app(
-    settings: Settings, metrics: EngineMetrics, parts: ScoringParts | None = None
+    settings: Settings,
+    metrics: EngineMetrics,
+    parts: ScoringParts | None = None,
+    reconcile_hooks: ReconcileHooks | None = None,
 ) -> faust.App:
     stream_hooks = PrometheusStreamHooks(metrics)
     if parts is None:
@@ -181,6 +185,17 @@ def build_worker_app(
         batch_window_s=window_s,
         max_message_bytes=max_bytes,
     )
+    if settings.worker.reconcile:
+        register_reconcile_agent(
+            app,
+            settings.kafka.topics,
+            settings.reconciliation,
+            reconcile_hooks if reconcile_hooks is not None else LatestTotals(),
+            partitions=settings.kafka.partitions,
+            max_batch=max_batch,
+            batch_window_s=window_s,
+            max_message_bytes=max_bytes,
+        )
 
     async def announce() -> None:
         log.info(

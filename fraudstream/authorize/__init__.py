@@ -2,6 +2,8 @@
 
 It stands for the payment pipeline that consumes the engine's decisions; it is a plain
 aiokafka client (no Faust) and trusts only the published JSON Schema of decisions.
+The Kafka loop is ``fraudstream.authorize.service.run_authorize`` (not re-exported here:
+the settings import this package's config, and the service imports the settings).
 """
 
 from fraudstream.authorize.batch import (
@@ -19,17 +21,14 @@ from fraudstream.authorize.mapping import (
     decision_view,
     response_code,
 )
-from fraudstream.authorize.service import AuthorizeHooks, NoAuthorizeHooks, run_authorize
 from fraudstream.authorize.validate import SchemaValidator
 
 __all__ = [
     "AuthorizeConfig",
-    "AuthorizeHooks",
     "AuthorizeOutcome",
     "DecisionView",
     "Incoming",
     "MissingOffsetError",
-    "NoAuthorizeHooks",
     "Outgoing",
     "RecentIds",
     "SchemaValidator",
@@ -37,5 +36,4 @@ __all__ = [
     "authorize_batch",
     "decision_view",
     "response_code",
-    "run_authorize",
 ]

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fraudstream.wire.jsonschema import SCHEMA_DIR
+# Not imported from fraudstream.wire.jsonschema: settings load this module, and that one
+# needs the settings' project root (an import cycle).
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schemas"
 
 
 class AuthorizeConfig(BaseModel):

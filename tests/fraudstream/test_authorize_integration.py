@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from fraudstream.authorize import AuthorizeConfig, AuthorizeOutcome, run_authorize
+from fraudstream.authorize import AuthorizeConfig, AuthorizeOutcome
+from fraudstream.authorize.service import run_authorize
 from streams.topics import ensure_topics
 from tests.fraudstream.test_authorize import decision
 from tests.streams.harness import consume_until, produce
