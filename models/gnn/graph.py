@@ -166,6 +166,13 @@ class GraphState:
         edges = self._consolidated()
         self._edges = edges[edges["event_time"] >= utc_timestamp(before)]
 
+    def copy(self) -> GraphState:
+        """An independent state with the same edges and labels (for a refresh that runs
+        while new transactions keep arriving)."""
+        twin = GraphState(self.entity_columns, self.history)
+        twin._edges = self._consolidated().copy()
+        return twin
+
     def snapshot(self, as_of: datetime) -> GraphSnapshot:
         return build_snapshot(self._consolidated(), as_of, self.entity_columns, self.history)
 
