@@ -82,13 +82,17 @@ def schemas(
 def _register_subcommands() -> None:
     # Imported here so that each package owns its commands and `fraudstream version`
     # stays fast; the heavy imports happen inside each command.
+    from fraudstream.authorize.cli import register as register_authorize
     from fraudstream.devstack.cli import devstack_app
     from fraudstream.simulator.cli import register as register_simulator
     from streams.cli import register as register_streams
+    from training.cli import register as register_training
 
     app.add_typer(devstack_app, name="devstack")
     register_streams(app)
     register_simulator(app)
+    register_authorize(app)
+    register_training(app)
 
 
 _register_subcommands()
