@@ -218,6 +218,16 @@ def _messages(n: int, seed: int) -> list[Message]:
     return messages_from_frame(generate(config).transactions.head(n))
 
 
+def _ensure_engine(settings: Settings) -> None:
+    """The engine and naive workers score with the bundle at ``models.bundle_dir``: the
+    demo's small engine is trained there when there is none."""
+    from rich.console import Console
+
+    from streams.demo import demo_simulation, ensure_engine
+
+    ensure_engine(settings, demo_simulation(7), 7, Console(stderr=True))
+
+
 def _plots(runs: list[Run], out: Path) -> list[str]:
     import matplotlib
 
@@ -288,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(None, os.environ)
     base_env = {k: v for k, v in os.environ.items() if k.startswith("FRAUDSTREAM__")}
     messages = _messages(n, seed=11)
+    _ensure_engine(settings)
     runs: list[Run] = []
     with shared_dev_stack(settings.devstack) as stack:
         base_env["FRAUDSTREAM__KAFKA__BOOTSTRAP_SERVERS"] = json.dumps(stack.bootstrap_servers)
