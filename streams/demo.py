@@ -10,16 +10,19 @@ topics can be inspected; ``fraudstream devstack down`` stops it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
@@ -132,6 +135,36 @@ def ensure_engine(settings: Settings, data: SimulatedData, seed: int, console: C
         f"trained engine {info.version} in {time.monotonic() - started:.0f} s "
         f"(ensemble AUC on its period: {info.metrics.get('ensemble', {}).get('roc_auc', 'n/a')})"
     )
+    register_demo_engine(settings, info, console)
+
+
+def register_demo_engine(settings: Settings, info: EngineInfo, console: Console) -> None:
+    """Record the demo engine in the MLflow registry as the champion, so there is a run,
+    a model version and an alias to look at (``mlflow ui``)."""
+    from training.registry import RegistryConfig
+    from training.registry_mlflow import MlflowRegistry
+
+    bundle = settings.models.bundle_dir
+    ensemble = info.metrics.get("ensemble", {})
+    metrics = {f"ensemble_{k}": float(v) for k, v in ensemble.items() if isinstance(v, int | float)}
+    try:
+        registry = MlflowRegistry(RegistryConfig.from_settings(settings.mlflow))
+        version = registry.register(
+            bundle,
+            metrics,
+            {"trained_on": info.trained_on, "engine": info.version},
+            info.definitions_hash,
+            tags={"source": "fraudstream demo"},
+        )
+        registry.promote(version, actor="fraudstream demo", reason="demo engine", force=True)
+    except Exception as exc:
+        console.print(f"[yellow]not registered in MLflow:[/yellow] {exc}")
+        return
+    console.print(
+        f"registered as {settings.mlflow.model_name} version {version} (@champion) in "
+        f"{settings.mlflow.tracking_uri}; browse with "
+        f"[bold]mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}[/bold]"
+    )
 
 
 def _demo_messages(data: SimulatedData, count: int) -> list[tuple[bytes | None, bytes]]:
@@ -169,55 +202,135 @@ def _line(value: dict[str, Any], attack: str | None) -> str:
     )
 
 
+@dataclass
+class DemoResult:
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    letters: list[dict[str, Any]] = field(default_factory=list)
+    authorizations: list[dict[str, Any]] = field(default_factory=list)
+    exceptions: list[dict[str, Any]] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
 async def _replay_and_watch(
     settings: Settings,
     messages: list[tuple[bytes | None, bytes]],
+    settlements: list[tuple[bytes | None, bytes]],
     console: Console,
     frauds: dict[str, str],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+) -> DemoResult:
+    """Produce the transactions, watch decisions, dead letters and authorizations come
+    back; then produce the settlements and watch reconciliation report."""
     topics = settings.kafka.topics
     kwargs = aiokafka_kwargs(settings.kafka)
-    consumer = AIOKafkaConsumer(
-        topics.decisions, topics.deadletter, group_id=None, auto_offset_reset="latest", **kwargs
+    watched = (
+        topics.decisions,
+        topics.deadletter,
+        topics.authorizations,
+        topics.reconciliation_exceptions,
     )
+    consumer = AIOKafkaConsumer(*watched, group_id=None, auto_offset_reset="latest", **kwargs)
     await consumer.start()
     # Make sure the consumer has its position before anything is produced.
     await consumer.getmany(timeout_ms=200)
     producer = AIOKafkaProducer(acks="all", linger_ms=5, **kwargs)
     await producer.start()
+    result = DemoResult()
+    sent_at: dict[str, float] = {}
     started = time.monotonic()
     for key, value in messages:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # the broken ones
+            sent_at[json.loads(value)["transaction_id"]] = time.monotonic()
         await producer.send(topics.transactions, value, key=key)
     await producer.flush()
-    await producer.stop()
 
     expected = len(messages) - len(DEFECTS)
-    decisions: list[dict[str, Any]] = []
-    letters: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 120
-    while (
-        len(decisions) < expected or len(letters) < len(DEFECTS)
-    ) and time.monotonic() < deadline:
+    settled = False
+    quiet_until: float | None = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        done = (
+            len(result.decisions) >= expected
+            and len(result.letters) >= len(DEFECTS)
+            and len(result.authorizations) >= expected
+        )
+        if done and not settled:
+            result.seconds = time.monotonic() - started
+            console.print(f"replaying {len(settlements)} settlements for reconciliation")
+            for key, value in settlements:
+                await producer.send(topics.settlements, value, key=key)
+            await producer.flush()
+            settled = True
+            quiet_until = time.monotonic() + 8.0
+        if quiet_until is not None and time.monotonic() > quiet_until:
+            break
         for tp, records in (await consumer.getmany(timeout_ms=500)).items():
             for record in records:
-                value = json.loads(record.value)
-                if tp.topic == topics.deadletter:
-                    letters.append(value)
-                    console.print(
-                        f"[yellow]dead letter[/yellow] {value['kind']}: {value['reason'][:70]}"
-                    )
-                    continue
-                decisions.append(value)
-                attack = frauds.get(value["transaction_id"])
-                if len(decisions) <= 10 or value["decision"] != "approve" or attack:
-                    console.print(_line(value, attack))
-                if len(decisions) == 1:
-                    console.print(
-                        f"[dim]model {value['model_version']}, "
-                        f"layers {', '.join(value['layers_run'])}[/dim]"
-                    )
+                _received(
+                    tp.topic,
+                    json.loads(record.value),
+                    topics,
+                    result=result,
+                    console=console,
+                    frauds=frauds,
+                )
+                if tp.topic == topics.decisions:
+                    tx_id = result.decisions[-1]["transaction_id"]
+                    if tx_id in sent_at:
+                        result.latencies_ms.append(1000 * (time.monotonic() - sent_at[tx_id]))
+    await producer.stop()
     await consumer.stop()
-    return decisions, letters, time.monotonic() - started
+    if not result.seconds:
+        result.seconds = time.monotonic() - started
+    return result
+
+
+def _received(
+    topic: str,
+    value: dict[str, Any],
+    topics: Any,
+    *,
+    result: DemoResult,
+    console: Console,
+    frauds: dict[str, str],
+) -> None:
+    if topic == topics.deadletter:
+        result.letters.append(value)
+        console.print(f"[yellow]dead letter[/yellow] {value['kind']}: {value['reason'][:70]}")
+    elif topic == topics.authorizations:
+        result.authorizations.append(value)
+    elif topic == topics.reconciliation_exceptions:
+        result.exceptions.append(value)
+        console.print(f"[cyan]reconciliation[/cyan] {value['kind']} {value['transaction_id']}")
+    else:
+        result.decisions.append(value)
+        attack = frauds.get(value["transaction_id"])
+        if len(result.decisions) <= 10 or value["decision"] != "approve" or attack:
+            console.print(_line(value, attack))
+        if len(result.decisions) == 1:
+            layers = ", ".join(value["layers_run"])
+            console.print(f"[dim]model {value['model_version']}, layers {layers}[/dim]")
+
+
+def _settlement_messages(
+    data: SimulatedData, messages: list[tuple[bytes | None, bytes]]
+) -> list[tuple[bytes | None, bytes]]:
+    """The simulator's settlements of the replayed payments (and the unknown ones of the
+    same days), in settlement time order, without the ground-truth column."""
+    from fraudstream.reconcile.replay import settlements
+    from fraudstream.wire import encode
+
+    replayed = set()
+    for _, value in messages:
+        try:
+            replayed.add(json.loads(value)["transaction_id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    frame = data.settlements
+    unknown = frame["injected"] == "unknown_authorization"
+    chosen = frame[frame["transaction_id"].isin(replayed) | (unknown & (frame.index % 10 == 0))]
+    chosen = chosen.sort_values("settled_at", kind="stable")
+    return [(s.card_id.encode(), encode(s)) for s in settlements(chosen)]
 
 
 def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
@@ -232,13 +345,15 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     asyncio.run(ensure_topics(settings.kafka))
 
     log_path = Path(settings.devstack.home) / "demo-worker.log"
-    console.print(f"starting a worker (log: {log_path})")
-    with log_path.open("w") as log:
+    auth_log = Path(settings.devstack.home) / "demo-authorize.log"
+    console.print(f"starting a worker (log: {log_path}) and the authorization service")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("w") as log, auth_log.open("w") as alog:
         worker = subprocess.Popen(
-            [*FRAUDSTREAM_COMMAND, "worker"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [*FRAUDSTREAM_COMMAND, "worker"], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        authorizer = subprocess.Popen(
+            [*FRAUDSTREAM_COMMAND, "authorize"], stdout=alog, stderr=subprocess.STDOUT, env=env
         )
     try:
         _wait_for_ready(log_path, worker)
@@ -249,12 +364,17 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
             f"{len(frauds)} simulated frauds); showing the first decisions, then every "
             "review, decline and fraud"
         )
-        decisions, letters, seconds = asyncio.run(
-            _replay_and_watch(settings, messages, console, frauds)
+        result = asyncio.run(
+            _replay_and_watch(
+                settings, messages, _settlement_messages(data, messages), console, frauds
+            )
         )
     finally:
-        worker.terminate()
-        worker.wait(30)
+        for proc in (worker, authorizer):
+            proc.terminate()
+        for proc in (worker, authorizer):
+            proc.wait(30)
+    decisions, letters = result.decisions, result.letters
 
     table = Table(title="summary")
     table.add_column("what")
@@ -268,8 +388,20 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     table.add_row("degraded decisions", str(sum(bool(d["degraded"]) for d in decisions)))
     table.add_row("deadline defaults", str(sum(bool(d.get("timeout_default")) for d in decisions)))
     table.add_row("dead letters", str(len(letters)))
-    table.add_row("seconds (produce → last decision)", f"{seconds:.2f}")
+    for code, n in sorted(Counter(a["response_code"] for a in result.authorizations).items()):
+        table.add_row(f"authorizations: response {code}", str(n))
+    for kind, n in sorted(Counter(e["kind"] for e in result.exceptions).items()):
+        table.add_row(f"reconciliation: {kind}", str(n))
+    table.add_row("seconds (produce → last decision)", f"{result.seconds:.2f}")
+    if result.seconds:
+        table.add_row("decisions per second", f"{len(decisions) / result.seconds:,.0f}")
+    if result.latencies_ms:
+        p50, p95, p99 = np.percentile(result.latencies_ms, [50, 95, 99])
+        table.add_row("latency produce → decision p50/p95/p99 ms", f"{p50:.0f}/{p95:.0f}/{p99:.0f}")
     console.print(table)
+    port = settings.worker.metrics_port
+    if port:
+        console.print(f"metrics were served at http://127.0.0.1:{port}/metrics while it ran")
     console.print("The dev stack is still up; stop it with [bold]fraudstream devstack down[/bold].")
 
 

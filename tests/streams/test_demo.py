@@ -39,6 +39,7 @@ def restamp(bundle: Path, **changes: Any) -> None:
 def spy(monkeypatch: pytest.MonkeyPatch) -> TrainingSpy:
     spy = TrainingSpy()
     monkeypatch.setattr(demo, "train_demo_engine", spy)
+    monkeypatch.setattr(demo, "register_demo_engine", lambda *args: None)
     return spy
 
 
@@ -74,3 +75,22 @@ def test_only_the_demo_engine_is_retrained_when_definitions_change(
     with pytest.raises(DefinitionsMismatchError):
         ensure(theirs)
     assert spy.calls == [ours]
+
+
+def test_a_trained_demo_engine_becomes_the_registry_champion(
+    engine_bundle: Path, tmp_path: Path
+) -> None:
+    from training.bundle import read_engine_info
+    from training.registry import RegistryConfig
+    from training.registry_mlflow import MlflowRegistry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = engine_settings(engine_bundle, FRAUDSTREAM__MLFLOW__TRACKING_URI=uri)
+    info = read_engine_info(engine_bundle)
+    console = Console(record=True, width=200)
+    demo.register_demo_engine(settings, info, console)
+    assert "@champion" in console.export_text()
+    registry = MlflowRegistry(RegistryConfig.from_settings(settings.mlflow))
+    champion = registry.champion()
+    assert champion is not None
+    assert champion.definitions_hash == info.definitions_hash
