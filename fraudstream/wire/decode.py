@@ -8,7 +8,7 @@ the caller can dead-letter it. Nothing raises on bad input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -54,20 +54,25 @@ class BatchDecoder(Generic[T]):
         *,
         max_bytes: int,
         known_versions: frozenset[int] = frozenset({SCHEMA_VERSION}),
+        ingress: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self._decoder = msgspec.json.Decoder(struct_type)
+        # Applied to every message first (card numbers -> tokens), so neither a decoded
+        # item nor a rejected message's kept bytes hold a card number in clear.
+        self._ingress = ingress
         self._max_bytes = max_bytes
         self._known_versions = known_versions
 
     def decode(self, raws: Sequence[bytes | None]) -> DecodedBatch[T]:
         out: DecodedBatch[T] = DecodedBatch()
         decode = self._decoder.decode
-        for index, raw in enumerate(raws):
-            if raw is None:
+        for index, received in enumerate(raws):
+            if received is None:
                 out.rejected.append(
                     Rejected(index, "malformed_json", "empty message (tombstone)", b"")
                 )
                 continue
+            raw = received if self._ingress is None else self._ingress(received)
             if len(raw) > self._max_bytes:
                 out.rejected.append(
                     Rejected(
@@ -108,8 +113,10 @@ class BatchDecoder(Generic[T]):
         return Rejected(index, "schema_violation", message, raw)
 
 
-def transaction_decoder(max_bytes: int) -> BatchDecoder[Transaction]:
-    return BatchDecoder(Transaction, max_bytes=max_bytes)
+def transaction_decoder(
+    max_bytes: int, ingress: Callable[[bytes], bytes] | None = None
+) -> BatchDecoder[Transaction]:
+    return BatchDecoder(Transaction, max_bytes=max_bytes, ingress=ingress)
 
 
 _encoder = msgspec.json.Encoder()

@@ -29,6 +29,14 @@ EventTime = Annotated[
 Latitude = Annotated[float, msgspec.Meta(ge=-90, le=90)]
 Longitude = Annotated[float, msgspec.Meta(ge=-180, le=180)]
 Score = Annotated[float, msgspec.Meta(ge=0, le=1)]
+MaskedPan = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9]{0,6}[*]{3,}[0-9]{0,4}$",
+        max_length=19,
+        description="a card number with all but at most the first 6 and last 4 digits masked",
+    ),
+]
 Version = Literal[1]
 
 Channel = Literal["pos", "ecom", "moto", "atm", "contactless"]
@@ -53,6 +61,9 @@ class Transaction(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     latitude: Latitude | None = None
     longitude: Longitude | None = None
     channel: Channel | None = None
+    # Set at ingress when the producer sent a card number: its masked form (at most the
+    # first 6 and last 4 digits); the number itself became ``card_id``'s keyed token.
+    card_display: MaskedPan | None = None
 
 
 class Reason(msgspec.Struct, frozen=True, kw_only=True):

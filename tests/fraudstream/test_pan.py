@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fraudstream.wire.pan import PanTokenizer, find_pans, is_pan, luhn_valid, mask
+from fraudstream.wire import encode, transaction_decoder
+from fraudstream.wire.pan import (
+    CardNumberIngress,
+    PanTokenizer,
+    find_pans,
+    is_pan,
+    luhn_valid,
+    mask,
+)
 
 KEY = b"k" * 32
 VISA_TEST = "4111111111111111"  # the well-known test numbers
@@ -88,3 +96,45 @@ def test_scrub_finds_grouped_numbers_and_leaves_other_digits() -> None:
     assert scrubbed.endswith(b" id 12345")
     not_luhn = b"order 4111111111111112 ok"
     assert PanTokenizer(KEY).scrub(not_luhn) == not_luhn
+
+
+def transaction_with(**fields: object) -> bytes:
+    doc: dict[str, object] = {
+        "schema_version": 1,
+        "transaction_id": "tx-1",
+        "event_time": "2026-03-02T12:00:00Z",
+        "card_id": "placeholder",
+        "terminal_id": "T1",
+        "amount": 12.5,
+        "currency": "EUR",
+    }
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
+def test_ingress_replaces_the_card_number_by_its_token_and_masked_display() -> None:
+    ingress = CardNumberIngress(PanTokenizer(KEY))
+    decoded = transaction_decoder(65536, ingress).decode(
+        [transaction_with(card_number="4111 1111 1111 1111")]
+    )
+    assert not decoded.rejected
+    tx = decoded.items[0]
+    assert tx.card_id == PanTokenizer(KEY).token(VISA_TEST)
+    assert tx.card_display == "411111******1111"
+    assert find_pans(encode(tx)) == []
+
+
+def test_ingress_leaves_messages_without_card_numbers_byte_for_byte() -> None:
+    raw = transaction_with()
+    assert CardNumberIngress(PanTokenizer(KEY))(raw) is raw
+
+
+def test_rejected_messages_keep_no_card_number_in_clear() -> None:
+    ingress = CardNumberIngress(PanTokenizer(KEY))
+    broken = b'{"card_number": "' + VISA_TEST.encode() + b'", not json'
+    wrong_type = transaction_with(card_number=AMEX_TEST, amount="twelve")
+    decoded = transaction_decoder(65536, ingress).decode([broken, wrong_type])
+    assert len(decoded.rejected) == 2 and not decoded.items
+    for rejected in decoded.rejected:
+        assert find_pans(rejected.raw) == []
+        assert b"tok_" in rejected.raw
