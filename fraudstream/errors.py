@@ -8,6 +8,7 @@ purpose; anything else escaping is a bug.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -208,3 +209,41 @@ class TrainingPeriodError(ModelError):
         self.frauds = frauds
         self.reason = reason
         super().__init__(f"the {period} period has {rows} rows and {frauds} known frauds: {reason}")
+
+
+# --- model rollout -------------------------------------------------------------------
+
+
+class RolloutFileError(ConfigError):
+    """The ops-edited rollout file (canary share, shadow) was rejected; the running
+    worker keeps the last good rollout."""
+
+
+class NoChampionError(ModelError):
+    """The registry has no version behind the ``champion`` alias to start scoring with."""
+
+    def __init__(self, model_name: str, tracking_uri: str) -> None:
+        self.model_name = model_name
+        self.tracking_uri = tracking_uri
+        # A database URI may carry a password: never in the message.
+        where = re.sub(r"//[^/@]*@", "//***@", tracking_uri)
+        super().__init__(
+            f"model {model_name!r} in the registry at {where} has no champion: "
+            "register a version and promote it (`fraudstream models promote`), or set "
+            'models.source = "bundle"'
+        )
+
+
+class VersionDefinitionsMismatch(DefinitionsMismatchError):
+    """A registered model version carries other feature definitions than this code's
+    (``model_name``, ``version``; ``expected`` and ``found`` as for the parent)."""
+
+    def __init__(self, model_name: str, version: int, expected: str, found: str) -> None:
+        super().__init__(expected, found)
+        self.model_name = model_name
+        self.version = version
+        self.args = (
+            f"model {model_name!r} version {version} was trained on feature definitions "
+            f"{found or '(none recorded)'}, but this code computes feature definitions "
+            f"{expected}: refusing it",
+        )

@@ -165,9 +165,20 @@ class FeatureSettings(_Section):
 
 
 class ModelSettings(_Section):
+    # Where the worker's engine comes from: "bundle" (the directory below) or "registry"
+    # (the MLflow registry of [mlflow]: the version behind the `champion` alias, and the
+    # `challenger` one in shadow / canary, both followed while running).
+    source: Literal["bundle", "registry"] = "bundle"
     # The trained engine the worker loads (a directory written by `fraudstream train` or
     # `fraudstream demo`: the ensemble, every layer and engine.json, under one manifest).
     bundle_dir: Path = PROJECT_ROOT / ".devstack" / "engine"
+    # How often the registry's champion/challenger aliases are checked (source=registry).
+    poll_interval_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    # Registry versions are downloaded (digest-checked) under this directory.
+    download_dir: Path = PROJECT_ROOT / ".devstack" / "models"
+    # The ops file with the canary share and the shadow switch, re-read when it changes.
+    rollout_file: Path = PROJECT_ROOT / "config" / "rollout.toml"
+    rollout_reload_interval_s: float = Field(default=1.0, ge=0.0, le=3600.0)
 
 
 class RuleSettings(_Section):

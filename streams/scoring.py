@@ -149,6 +149,19 @@ def process_batch(
     return outcome
 
 
+class BatchDecider(Protocol):
+    """What the scoring agent decides with: :class:`DeadlineDecider`, or
+    :class:`streams.routing.RoutedDecider` (champion, challenger, canary)."""
+
+    async def decide(
+        self, transactions: Sequence[Transaction], now: datetime
+    ) -> list[Decision]: ...
+
+    def take_shadow(self) -> list[Outgoing]:
+        """The last batch's shadow decisions, for the shadow topic (taken once)."""
+        ...
+
+
 class DeadlineDecider:
     """Runs a blocking pipeline in a worker thread, under a deadline.
 
@@ -199,11 +212,14 @@ class DeadlineDecider:
         if not task.cancelled() and task.exception() is not None and self._on_error is not None:
             self._on_error(task.exception())  # type: ignore[arg-type]
 
+    def take_shadow(self) -> list[Outgoing]:
+        return []  # one engine: nothing in shadow
+
 
 async def process_batch_within(
     messages: Sequence[RawMessage],
     decoder: BatchDecoder[Transaction],
-    decider: DeadlineDecider,
+    decider: BatchDecider,
     now: datetime | None = None,
 ) -> BatchOutcome:
     """:func:`process_batch` with the decision made by ``decider`` (thread + deadline)."""

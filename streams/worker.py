@@ -1,18 +1,26 @@
 """``fraudstream worker``: build the app from settings and run it until stopped.
 
-The worker scores with the trained engine at ``models.bundle_dir`` (refusing to start
-without one, or with one trained on other feature definitions), features from the Redis
-store (transaction-only features while it is down), the hot-reloaded rule file with its
-Redis allow/deny lists, and applies the labels topic to the feature store.
+The worker scores with a trained engine (refusing to start without one, or with one
+trained on other feature definitions), features from the Redis store (transaction-only
+features while it is down), the hot-reloaded rule file with its Redis allow/deny lists,
+and applies the labels topic to the feature store.
+
+Where the engine comes from is ``models.source``: ``bundle`` loads ``models.bundle_dir``
+once; ``registry`` loads the MLflow registry's ``champion`` at start and follows both
+aliases while running (:mod:`streams.hotswap`: a moved alias is downloaded and loaded in
+a thread every ``models.poll_interval_s`` and swapped in between batches). A
+``challenger`` scores in shadow and decides the canary share of ``models.rollout_file``
+(:mod:`streams.routing`, :mod:`streams.rollout`); its decisions that do not act go to
+``kafka.topics.decisions_shadow``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -20,19 +28,22 @@ import faust
 from features.definitions import FEATURE_NAMES
 from features.online import RedisFeatureStore, redis_client_for
 from features.table import transaction_only
-from fraudstream.errors import RuleFileError
+from fraudstream.errors import NoChampionError, RolloutFileError, RuleFileError
 from fraudstream.metrics import EngineMetrics, PrometheusEngineHooks, PrometheusStreamHooks
 from fraudstream.settings import Settings
-from fraudstream.wire import Decision, Transaction
-from models.decide import ENGINE_ERROR_REASON, EnginePipeline, ScoringEngine, default_decisions
+from models.decide import ScoringEngine
 from models.rules import RuleBook, RuleSet, RulesScorer, RulesSettings
 from models.rules.lists import RedisListStore
 from streams.agents import register_labels_agent, register_scoring_agent
 from streams.app import create_app, declare_topics
+from streams.hotswap import LiveModel, ModelSet, RegistryWatcher, Swap, registry_loader
 from streams.reconcile import LatestTotals, ReconcileHooks, register_reconcile_agent
-from streams.scoring import DeadlineDecider, StreamHooks
+from streams.rollout import FixedRollout, RolloutFile, RolloutPlan
+from streams.routing import BatchFeatures, RoutedDecider
+from streams.scoring import StreamHooks
 from streams.topics import ensure_topics
 from training.bundle import EngineInfo, load_bundle
+from training.registry import ModelRegistry, RegistryConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +52,53 @@ log = logging.getLogger(__name__)
 class ScoringParts:
     """What the agents need, built from settings; the tests build it with fakes."""
 
-    decider: DeadlineDecider
+    decider: RoutedDecider
     apply_labels: Any  # (labels) -> int: the feature store's apply_labels
-    info: EngineInfo
+    info: EngineInfo  # the engine in force at start
+    watcher: RegistryWatcher | None = None  # models.source = "registry"
+    source: str = ""  # where the engine in force at start came from
+
+
+class RolloutLog:
+    """The rollout's reports as log lines (``streams.hotswap.SwapHooks`` and
+    ``streams.routing.RoutingHooks``); counters belong in ``fraudstream.metrics``."""
+
+    def model_staged(self, alias: str, version: int | None, source: str) -> None:
+        if version is None:
+            log.info("%s alias removed: the %s stops at the next batch", alias, alias)
+        else:
+            log.info(
+                "%s version %s loaded from %s, swapped in at the next batch", alias, version, source
+            )
+
+    def model_refused(self, alias: str, version: int, error: BaseException) -> None:
+        log.error(
+            "%s version %s refused, the engine in force keeps running: %s", alias, version, error
+        )
+
+    def poll_failed(self, error: BaseException) -> None:
+        log.warning("model registry not reachable, asking again later: %s", error)
+
+    def batch_routed(self, champion: int, canary: int, shadow: int) -> None:
+        return None
+
+    def challenger_failed(self, reason: str, error: BaseException | None) -> None:
+        log.warning("challenger skipped for a batch (%s)%s", reason, f": {error}" if error else "")
+
+    def models_swapped(self, swaps: Sequence[Swap]) -> None:
+        for swap in swaps:
+            log.info(
+                "%s now %s (was %s)",
+                swap.alias,
+                swap.new.model_version if swap.new is not None else "none",
+                swap.old.model_version if swap.old is not None else "none",
+            )
+
+    def rollout_reloaded(self, plan: RolloutPlan) -> None:
+        log.info("rollout reloaded: canary_share %s, shadow %s", plan.canary_share, plan.shadow)
+
+    def rollout_rejected(self, error: RolloutFileError) -> None:
+        log.error("rollout file rejected, the last good rollout keeps running: %s", error)
 
 
 def redis_client(settings: Settings) -> Any:
@@ -86,43 +141,10 @@ def rule_layer(settings: Settings, lists: Any) -> RulesScorer:
     return RulesScorer(book, lists, options)
 
 
-def fallback_for(settings: Settings, engine: ScoringEngine) -> Any:
-    """The decisions emitted when the engine misses the deadline (or raises)."""
-
-    def fallback(
-        transactions: Sequence[Transaction], now: datetime, timed_out: bool
-    ) -> list[Decision]:
-        if timed_out:
-            return default_decisions(
-                transactions, settings.scoring, now, model_version=engine.model_version
-            )
-        return default_decisions(
-            transactions,
-            settings.scoring,
-            now,
-            reason=ENGINE_ERROR_REASON,
-            timeout_default=False,
-            model_version=engine.model_version,
-        )
-
-    return fallback
-
-
-def build_scoring(
-    settings: Settings,
-    stream_hooks: StreamHooks,
-    engine_hooks: PrometheusEngineHooks | None = None,
-) -> ScoringParts:
-    """Load the engine bundle and connect it to Redis (nothing is contacted yet: a store
-    that is down only degrades decisions)."""
-    trained = load_bundle(settings.models.bundle_dir)
-    client = redis_client(settings)
-    store = RedisFeatureStore(
-        client,
-        key_prefix=settings.features.key_prefix,
-        allowed_lateness_ms=round(settings.features.allowed_lateness_s * 1000),
-        timeout_ms=settings.features.timeout_ms,
-    )
+def engine_builder(
+    settings: Settings, client: Any, engine_hooks: PrometheusEngineHooks | None
+) -> Callable[[Path, int | None], LiveModel]:
+    """Loads a bundle directory into a live engine with the hot-reloaded rule layer."""
     hooks: dict[str, Any] = {}
     if engine_hooks is not None:
         hooks = {
@@ -130,26 +152,102 @@ def build_scoring(
             "on_breaker_change": engine_hooks.breaker_changed,
             "on_engine_error": engine_hooks.engine_error,
         }
-    engine = ScoringEngine.from_ensemble(
-        trained.ensemble,
-        scoring=settings.scoring,
-        breaker=settings.breaker,
-        rules=rule_layer(settings, RedisListStore(client, prefix=settings.rules.list_prefix)),
-        **hooks,
+
+    def build(bundle_dir: Path, version: int | None) -> LiveModel:
+        trained = load_bundle(bundle_dir)
+        engine = ScoringEngine.from_ensemble(
+            trained.ensemble,
+            scoring=settings.scoring,
+            breaker=settings.breaker,
+            rules=rule_layer(settings, RedisListStore(client, prefix=settings.rules.list_prefix)),
+            **hooks,
+        )
+        where = str(bundle_dir) if version is None else f"{settings.mlflow.model_name}/{version}"
+        return LiveModel(engine, version, where, trained.info)
+
+    return build
+
+
+def open_registry(settings: Settings) -> ModelRegistry:
+    from training.registry_mlflow import MlflowRegistry  # imports mlflow: only when used
+
+    return MlflowRegistry(RegistryConfig.from_settings(settings.mlflow))
+
+
+def _registry_models(
+    settings: Settings,
+    registry: ModelRegistry,
+    build: Callable[[Path, int | None], LiveModel],
+    report: RolloutLog,
+) -> tuple[ModelSet, RegistryWatcher]:
+    """The champion loaded now (a failure stops start-up), the challenger staged by a
+    first poll (a failure only logs), and the watcher that follows both."""
+    target = registry.champion()
+    if target is None:
+        raise NoChampionError(settings.mlflow.model_name, settings.mlflow.tracking_uri)
+    load = registry_loader(
+        registry,
+        build,
+        model_name=settings.mlflow.model_name,
+        download_dir=settings.models.download_dir,
     )
-    pipeline = EnginePipeline(
-        engine,
+    models = ModelSet(load(target))
+    watcher = RegistryWatcher(registry, load, models, report)
+    watcher.poll()
+    return models, watcher
+
+
+def build_scoring(
+    settings: Settings,
+    stream_hooks: StreamHooks,
+    engine_hooks: PrometheusEngineHooks | None = None,
+    *,
+    registry: ModelRegistry | None = None,
+) -> ScoringParts:
+    """Load the engine (``models.source``) and connect it to Redis (nothing is contacted
+    yet: a store that is down only degrades decisions). ``registry`` replaces the MLflow
+    registry of the settings (tests pass the in-memory twin)."""
+    client = redis_client(settings)
+    store = RedisFeatureStore(
+        client,
+        key_prefix=settings.features.key_prefix,
+        allowed_lateness_ms=round(settings.features.allowed_lateness_s * 1000),
+        timeout_ms=settings.features.timeout_ms,
+    )
+    build = engine_builder(settings, client, engine_hooks)
+    report = RolloutLog()
+    watcher: RegistryWatcher | None = None
+    rollout: FixedRollout | RolloutFile = FixedRollout()
+    if settings.models.source == "registry":
+        # The rollout file first: a bad one stops start-up before any download.
+        rollout = RolloutFile(
+            settings.models.rollout_file,
+            reload_interval_s=settings.models.rollout_reload_interval_s,
+            on_reload=report.rollout_reloaded,
+            on_error=report.rollout_rejected,
+        )
+        models, watcher = _registry_models(
+            settings, registry if registry is not None else open_registry(settings), build, report
+        )
+    else:
+        models = ModelSet(build(settings.models.bundle_dir, None))
+    features = BatchFeatures(
         store.compute,
         transaction_only,
-        on_feature_store_error=engine_hooks.feature_store_error if engine_hooks else None,
+        engine_hooks.feature_store_error if engine_hooks else None,
     )
-    decider = DeadlineDecider(
-        pipeline,
+    decider = RoutedDecider(
+        models,
+        features,
+        rollout,
+        settings.scoring,
         timeout_s=settings.scoring.deadline_ms / 1000.0,
-        fallback=fallback_for(settings, engine),
+        hooks=report,
         on_error=stream_hooks.pipeline_failed,
     )
-    return ScoringParts(decider, store.apply_labels, trained.info)
+    champion = models.champion
+    assert champion.info is not None
+    return ScoringParts(decider, store.apply_labels, champion.info, watcher, champion.source)
 
 
 def build_worker_app(
@@ -167,6 +265,14 @@ def build_worker_app(
     max_batch = settings.scoring.max_batch_size
     window_s = settings.scoring.batch_window_ms / 1000.0
     max_bytes = settings.kafka.max_message_bytes
+    shadow_topic = app.topic(
+        settings.kafka.topics.decisions_shadow,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.kafka.partitions,
+    )
     register_scoring_agent(
         app,
         topics,
@@ -175,7 +281,15 @@ def build_worker_app(
         max_batch=max_batch,
         batch_window_s=window_s,
         max_message_bytes=max_bytes,
+        shadow_topic=shadow_topic,
     )
+    watcher = parts.watcher
+    if watcher is not None:
+
+        async def poll_registry() -> None:
+            await asyncio.to_thread(watcher.poll)  # downloads and loads off the event loop
+
+        app.timer(settings.models.poll_interval_s, name="model-registry")(poll_registry)
     register_labels_agent(
         app,
         topics,
@@ -201,7 +315,7 @@ def build_worker_app(
         log.info(
             "scoring with engine %s from %s (feature definitions %s)",
             info.version,
-            settings.models.bundle_dir,
+            parts.source,
             info.definitions_hash,
         )
 

@@ -159,3 +159,29 @@ def test_engine_and_rule_settings_load_and_override(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(path, {})
     assert (info.value.key, info.value.line) == ("rules.reload_interval_s", 2)
+
+
+def test_model_source_and_rollout_settings_load_and_are_checked(tmp_path: Path) -> None:
+    settings = load_settings(None, {})
+    assert settings.models.source == "bundle"
+    assert settings.models.poll_interval_s == 10.0
+    assert settings.models.rollout_file == DEFAULT_CONFIG_FILE.parent / "rollout.toml"
+    assert settings.models.rollout_file.exists()
+    moved = load_settings(
+        None,
+        {
+            "FRAUDSTREAM__MODELS__SOURCE": "registry",
+            "FRAUDSTREAM__MODELS__POLL_INTERVAL_S": "0.5",
+            "FRAUDSTREAM__MODELS__ROLLOUT_FILE": str(tmp_path / "r.toml"),
+        },
+    )
+    assert (moved.models.source, moved.models.poll_interval_s) == ("registry", 0.5)
+    assert moved.models.rollout_file == tmp_path / "r.toml"
+    path = write(tmp_path, "[models]\nsource = 'bundle'\nsource_x = 1\npoll_interval_s = 0\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_settings(path, {})
+    found = {(e.key, e.line) for e in info.value.errors}
+    assert found == {("models.source_x", 3), ("models.poll_interval_s", 4)}
+    with pytest.raises(ConfigError) as one:
+        load_settings(None, {"FRAUDSTREAM__MODELS__SOURCE": "s3"})
+    assert one.value.key == "models.source"

@@ -6,13 +6,21 @@ import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from features.definitions import DEFINITIONS_HASH
 from features.matrix import FeatureMatrix
 from features.table import transaction_only
-from fraudstream.errors import EngineBundleMissing, FeatureStoreTimeout
+from fraudstream.errors import (
+    EngineBundleMissing,
+    FeatureStoreTimeout,
+    NoChampionError,
+    RolloutFileError,
+    VersionDefinitionsMismatch,
+)
 from fraudstream.metrics import EngineMetrics, PrometheusEngineHooks, PrometheusStreamHooks
 from fraudstream.wire import Transaction
 from models.decide import EnginePipeline
@@ -22,9 +30,11 @@ from streams.worker import build_scoring, build_worker_app
 from tests.streams.harness import REPO
 from tests.training.factories import engine_settings, last_day_batch
 from training.engine import load_engine
+from training.registry import CHALLENGER, InMemoryRegistry
 
 ALL_LAYERS = ["gnn", "iforest", "rules", "xgboost"]
 NOWHERE = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
+METRICS = {"average_precision": 0.5, "card_precision_at_100": 0.2, "auc_roc": 0.8}
 
 
 class FakeStore:
@@ -123,3 +133,84 @@ def test_without_a_bundle_the_worker_command_says_how_to_make_one(tmp_path: Path
     said = " ".join(done.stderr.split())
     assert f"no trained engine at {tmp_path / 'none'}" in said
     assert "fraudstream demo" in said and "fraudstream train" in said
+
+
+def registry_settings(bundle: Path, tmp_path: Path, rollout: str = "") -> Any:
+    """Unit settings for ``models.source = "registry"`` (Redis unreachable)."""
+    (tmp_path / "rollout.toml").write_text(rollout, encoding="utf-8")
+    return engine_settings(
+        bundle,
+        FRAUDSTREAM__REDIS__URL=NOWHERE,
+        FRAUDSTREAM__MODELS__SOURCE="registry",
+        FRAUDSTREAM__MODELS__DOWNLOAD_DIR=str(tmp_path / "downloads"),
+        FRAUDSTREAM__MODELS__ROLLOUT_FILE=str(tmp_path / "rollout.toml"),
+    )
+
+
+def registry_with(bundle: Path, *aliases: str, definitions: str = DEFINITIONS_HASH) -> Any:
+    registry = InMemoryRegistry()
+    for alias in aliases:
+        version = registry.register(bundle, METRICS, {}, definitions)
+        registry.promote(version, alias, actor="test", reason="test", force=True)
+    return registry
+
+
+async def test_the_worker_scores_with_the_registry_champion(
+    engine_bundle: Path, tmp_path: Path
+) -> None:
+    settings = registry_settings(tmp_path / "not-used", tmp_path)
+    parts = build_scoring(settings, NoHooks(), registry=registry_with(engine_bundle, "champion"))
+    batch = last_day_batch(10)
+    decisions = await parts.decider.decide(batch.transactions, batch.transactions[-1].event_time)
+    assert {d.model_version.split(":", 1)[0] for d in decisions} == {"v1"}
+    assert parts.info.version in decisions[0].model_version
+    assert parts.watcher is not None and parts.source == "fraudstream-engine/1"
+    assert parts.decider.take_shadow() == []
+    assert list((tmp_path / "downloads").iterdir()) == []  # loaded, then cleaned up
+
+
+async def test_a_registry_challenger_shadows_and_takes_its_canary(
+    engine_bundle: Path, tmp_path: Path
+) -> None:
+    settings = registry_settings(engine_bundle, tmp_path, "canary_share = 0.5\nshadow = true\n")
+    registry = registry_with(engine_bundle, "champion", CHALLENGER)
+    parts = build_scoring(settings, NoHooks(), registry=registry)
+    batch = last_day_batch(40)
+    live = await parts.decider.decide(batch.transactions, batch.transactions[-1].event_time)
+    shadow = parts.decider.take_shadow()
+    assert len(shadow) == len(live) == 40
+    by_model = {d.model_version.split(":", 1)[0] for d in live}
+    assert by_model == {"v1", "v2"}  # half the ids in the canary: both decide live
+
+
+def test_a_champion_on_other_feature_definitions_stops_start_up(
+    engine_bundle: Path, tmp_path: Path
+) -> None:
+    registry = registry_with(engine_bundle, "champion", definitions="0ld-defs")
+    with pytest.raises(VersionDefinitionsMismatch) as info:
+        build_scoring(registry_settings(engine_bundle, tmp_path), NoHooks(), registry=registry)
+    assert (info.value.expected, info.value.found, info.value.version) == (
+        DEFINITIONS_HASH,
+        "0ld-defs",
+        1,
+    )
+    assert DEFINITIONS_HASH in str(info.value) and "0ld-defs" in str(info.value)
+
+
+def test_a_registry_without_a_champion_stops_start_up(engine_bundle: Path, tmp_path: Path) -> None:
+    registry = registry_with(engine_bundle, CHALLENGER)
+    with pytest.raises(NoChampionError, match="has no champion"):
+        build_scoring(registry_settings(engine_bundle, tmp_path), NoHooks(), registry=registry)
+
+
+def test_a_bad_rollout_file_stops_start_up_naming_file_line_and_field(
+    engine_bundle: Path, tmp_path: Path
+) -> None:
+    settings = registry_settings(engine_bundle, tmp_path, "canary_share = 0.1\nshadow = 2\n")
+    with pytest.raises(RolloutFileError) as info:
+        build_scoring(settings, NoHooks(), registry=registry_with(engine_bundle, "champion"))
+    assert (info.value.source, info.value.line, info.value.key) == (
+        str(tmp_path / "rollout.toml"),
+        2,
+        "shadow",
+    )
