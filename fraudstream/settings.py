@@ -179,6 +179,9 @@ class ModelSettings(_Section):
     # The ops file with the canary share and the shadow switch, re-read when it changes.
     rollout_file: Path = PROJECT_ROOT / "config" / "rollout.toml"
     rollout_reload_interval_s: float = Field(default=1.0, ge=0.0, le=3600.0)
+    # How often the worker checks whether the GNN embeddings are due for a refresh (the
+    # refresh period itself is the model's, in event time); 0 turns the refresh off.
+    gnn_refresh_check_s: float = Field(default=60.0, ge=0.0, le=86400.0)
 
 
 class RuleSettings(_Section):

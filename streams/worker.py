@@ -31,11 +31,13 @@ from features.table import transaction_only
 from fraudstream.errors import NoChampionError, RolloutFileError, RuleFileError
 from fraudstream.metrics import EngineMetrics, PrometheusEngineHooks, PrometheusStreamHooks
 from fraudstream.settings import Settings
+from fraudstream.wire.schemas import LabelEvent, Transaction
 from models.decide import ScoringEngine
 from models.rules import RuleBook, RuleSet, RulesScorer, RulesSettings
 from models.rules.lists import RedisListStore
 from streams.agents import register_labels_agent, register_scoring_agent
 from streams.app import create_app, declare_topics
+from streams.gnn_refresh import GnnRefresh
 from streams.hotswap import LiveModel, ModelSet, RegistryWatcher, Swap, registry_loader
 from streams.reconcile import LatestTotals, ReconcileHooks, register_reconcile_agent
 from streams.rollout import FixedRollout, RolloutFile, RolloutPlan
@@ -57,6 +59,7 @@ class ScoringParts:
     info: EngineInfo  # the engine in force at start
     watcher: RegistryWatcher | None = None  # models.source = "registry"
     source: str = ""  # where the engine in force at start came from
+    gnn: GnnRefresh | None = None  # keeps the engines' GNN embeddings fresh
 
 
 class RolloutLog:
@@ -231,8 +234,19 @@ def build_scoring(
         )
     else:
         models = ModelSet(build(settings.models.bundle_dir, None))
+    gnn = GnnRefresh(lambda: [m.engine for m in (models.champion, models.challenger) if m])
+
+    def compute(transactions: Sequence[Transaction]) -> Any:
+        gnn.observe(transactions)  # the graph moves on even while Redis is down
+        return store.compute(transactions)
+
+    def apply_labels(labels: Sequence[LabelEvent]) -> int:
+        applied = store.apply_labels(labels)
+        gnn.observe_labels(labels)
+        return applied
+
     features = BatchFeatures(
-        store.compute,
+        compute,
         transaction_only,
         engine_hooks.feature_store_error if engine_hooks else None,
     )
@@ -247,7 +261,7 @@ def build_scoring(
     )
     champion = models.champion
     assert champion.info is not None
-    return ScoringParts(decider, store.apply_labels, champion.info, watcher, champion.source)
+    return ScoringParts(decider, apply_labels, champion.info, watcher, champion.source, gnn)
 
 
 def build_worker_app(
@@ -290,6 +304,13 @@ def build_worker_app(
             await asyncio.to_thread(watcher.poll)  # downloads and loads off the event loop
 
         app.timer(settings.models.poll_interval_s, name="model-registry")(poll_registry)
+    gnn = parts.gnn
+    if gnn is not None and settings.models.gnn_refresh_check_s > 0:
+
+        async def refresh_embeddings() -> None:
+            await asyncio.to_thread(gnn.refresh_due)  # the encoder runs off the event loop
+
+        app.timer(settings.models.gnn_refresh_check_s, name="gnn-refresh")(refresh_embeddings)
     register_labels_agent(
         app,
         topics,

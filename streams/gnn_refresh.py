@@ -1,0 +1,75 @@
+"""Keeps the GNN layer of every engine in force fresh (``models/gnn/refresh.py``).
+
+The worker hands every batch of transactions it scores and every batch of labels it
+applies to :meth:`GnnRefresh.observe` / :meth:`observe_labels`; a timer calls
+:meth:`refresh_due` in a thread, which recomputes the embeddings of each engine whose
+refresh period of event time has passed and puts the refreshed layer in place. Putting
+it in place is one dict assignment: a batch being decided at that moment uses either
+the old or the new layer whole, both valid (the head and its calibration do not change;
+only the embeddings, as training anticipated).
+
+A model swapped in (new champion or challenger) gets its own refresher, starting empty:
+it keeps the embeddings it was trained with until its state spans the snapshot window.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fraudstream.wire.schemas import LabelEvent, Transaction
+from models.gnn.refresh import EmbeddingRefresher
+from models.gnn.scorer import GNNScorer
+
+log = logging.getLogger(__name__)
+GNN_LAYER = "gnn"
+
+
+class GnnRefresh:
+    """``engines()`` returns the engines in force (objects with a ``layers`` dict)."""
+
+    def __init__(self, engines: Callable[[], Sequence[Any]]) -> None:
+        self._engines = engines
+        self._refreshers: dict[int, tuple[Any, EmbeddingRefresher]] = {}
+        self._lock = threading.Lock()
+        self.refreshed = 0
+
+    def _current(self) -> list[tuple[Any, EmbeddingRefresher]]:
+        live = [e for e in self._engines() if isinstance(e.layers.get(GNN_LAYER), GNNScorer)]
+        with self._lock:
+            keep = {id(e) for e in live}
+            for key in [k for k in self._refreshers if k not in keep]:
+                del self._refreshers[key]  # a model swapped out: its state goes with it
+            for engine in live:
+                if id(engine) not in self._refreshers:
+                    self._refreshers[id(engine)] = (
+                        engine,
+                        EmbeddingRefresher(engine.layers[GNN_LAYER]),
+                    )
+            return list(self._refreshers.values())
+
+    def observe(self, transactions: Sequence[Transaction]) -> None:
+        for _, refresher in self._current():
+            refresher.observe(transactions)
+
+    def observe_labels(self, labels: Sequence[LabelEvent]) -> None:
+        for _, refresher in self._current():
+            refresher.observe_labels(labels)
+
+    def refresh_due(self) -> int:
+        """Refresh every engine that is due; how many were refreshed."""
+        done = 0
+        for engine, refresher in self._current():
+            try:
+                scorer = refresher.refresh()
+            except Exception:  # a failed refresh keeps the embeddings in force
+                log.exception("GNN embedding refresh failed; the current embeddings stay")
+                continue
+            if scorer is not None:
+                engine.layers[GNN_LAYER] = scorer
+                done += 1
+                log.info("GNN embeddings refreshed: %s", scorer.version)
+        self.refreshed += done
+        return done
