@@ -194,6 +194,21 @@ class RuleSettings(_Section):
     list_prefix: str = Field(default="fraudstream:list", pattern=r"^[A-Za-z0-9_.:\-]+$")
 
 
+class SecuritySettings(_Section):
+    # Keyed-HMAC key that turns a card number into its token at ingress (>= 16 bytes;
+    # from your secret store: FRAUDSTREAM__SECURITY__PAN_TOKEN_KEY, never in the file).
+    # Unset: a message carrying a card number is refused (dead-lettered, the number
+    # replaced by a token under a key that lives only as long as the process).
+    pan_token_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> SecuritySettings:
+        key = self.pan_token_key
+        if key is not None and len(key.get_secret_value().encode()) < 16:
+            raise ValueError("pan_token_key must be at least 16 bytes")
+        return self
+
+
 class DataSettings(_Section):
     handbook_path: Path = (
         PROJECT_ROOT.parent / "shared" / "data" / "handbook" / "transactions.parquet"
@@ -222,6 +237,7 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     rules: RuleSettings = RuleSettings()
     data: DataSettings = DataSettings()
+    security: SecuritySettings = SecuritySettings()
     # Owned by their packages (pure pydantic models), configured here like the rest.
     reconciliation: ReconcileConfig = ReconcileConfig()
     authorize: AuthorizeConfig = AuthorizeConfig()

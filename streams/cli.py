@@ -66,7 +66,11 @@ def register(app: typer.Typer) -> None:
 
             frame = generate(SimulatorConfig(seed=seed, days=days)).transactions
             messages = messages_from_frame(frame.head(limit) if limit is not None else frame)
+        from fraudstream.wire.pan import CardNumberIngress
+
         settings = settings_from(ctx)
+        key = settings.security.pan_token_key
+        ingress = CardNumberIngress.from_key(key.get_secret_value().encode() if key else None)
         asyncio.run(ensure_topics(settings.kafka))
         topic = settings.kafka.topics.transactions
         with Progress() as bar:
@@ -79,6 +83,7 @@ def register(app: typer.Typer) -> None:
                     rate=rate,
                     live=live,
                     on_progress=lambda done: bar.update(task, completed=done),
+                    ingress=ingress,
                 )
             )
         typer.echo(f"sent {stats.sent:,} messages in {stats.seconds:.1f} s ({stats.rate:,.0f}/s)")

@@ -135,9 +135,12 @@ async def produce(
     live: bool = False,
     on_progress: Callable[[int], None] | None = None,
     chunk: int = 200,
+    ingress: Callable[[bytes], bytes] | None = None,
 ) -> ReplayStats:
     """Send ``messages`` to ``topic`` at ``rate`` per second (as fast as possible when
-    None) and wait until the broker has acknowledged them all."""
+    None) and wait until the broker has acknowledged them all. ``ingress`` is applied to
+    each value first (``fraudstream.wire.pan.CardNumberIngress``: the producer side of
+    the card-number rule, so no topic ever holds one in clear)."""
     from aiokafka import AIOKafkaProducer
 
     from streams.kafka_config import aiokafka_kwargs
@@ -158,6 +161,8 @@ async def produce(
             now = datetime.now(UTC)
             for key, value in messages[start : start + chunk]:
                 out = with_event_time(value, now) if live else value
+                if ingress is not None:
+                    out = ingress(out)
                 pending.append(await producer.send(topic, out, key=key))
             if on_progress is not None:
                 on_progress(min(start + chunk, len(messages)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 from typing import Any
 
 import msgspec
@@ -113,12 +114,25 @@ class CardNumberIngress:
     without one pass through byte for byte (the common, fast path: a substring test).
     """
 
-    def __init__(self, tokenizer: PanTokenizer) -> None:
+    def __init__(self, tokenizer: PanTokenizer, *, accept: bool = True) -> None:
         self.tokenizer = tokenizer
+        # accept=False: card numbers are only scrubbed, so a message carrying one fails
+        # validation (``card_number`` is not a wire field) and is dead-lettered.
+        self.accept = accept
+
+    @classmethod
+    def from_key(cls, key: bytes | None) -> CardNumberIngress:
+        """With the configured key: card numbers become stable tokens. Without one: a
+        key that lives as long as the process scrubs them, and such messages are refused."""
+        if key is None:
+            return cls(PanTokenizer(secrets.token_bytes(32)), accept=False)
+        return cls(PanTokenizer(key))
 
     def __call__(self, raw: bytes) -> bytes:
         if not _CANDIDATE.search(raw):
             return raw
+        if not self.accept:
+            return self.tokenizer.scrub(raw)
         try:
             doc = _json_object.decode(raw)
         except msgspec.DecodeError:

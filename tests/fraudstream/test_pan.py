@@ -138,3 +138,18 @@ def test_rejected_messages_keep_no_card_number_in_clear() -> None:
     for rejected in decoded.rejected:
         assert find_pans(rejected.raw) == []
         assert b"tok_" in rejected.raw
+
+
+def test_without_a_configured_key_card_numbers_are_refused_and_scrubbed() -> None:
+    ingress = CardNumberIngress.from_key(None)
+    decoded = transaction_decoder(65536, ingress).decode(
+        [transaction_with(card_number=VISA_TEST), transaction_with()]
+    )
+    assert len(decoded.items) == 1 and len(decoded.rejected) == 1
+    rejected = decoded.rejected[0]
+    assert rejected.kind == "schema_violation" and "card_number" in rejected.reason
+    assert find_pans(rejected.raw) == []
+    configured = CardNumberIngress.from_key(KEY)
+    assert configured(transaction_with(card_number=VISA_TEST)) != ingress(
+        transaction_with(card_number=VISA_TEST)
+    )
