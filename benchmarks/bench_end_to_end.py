@@ -63,6 +63,7 @@ class Run:
     rate: float  # decisions per second over the measured span
     latency_ms: dict[str, float] = field(default_factory=dict)
     per_second: list[int] = field(default_factory=list)
+    latency_sample: list[float] = field(default_factory=list)  # for the CDF plot
 
 
 def _env(base: dict[str, str], suffix: str, partitions: int) -> dict[str, str]:
@@ -245,6 +246,20 @@ def _plots(runs: list[Run], out: Path) -> list[str]:
     ax.legend()
     fig.savefig(out / "e2e_throughput.png", dpi=100)
     written.append("e2e_throughput.png")
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for run in runs:
+        if run.latency_sample:
+            ys = np.linspace(0, 1, len(run.latency_sample))
+            rate = run.target_rate or 0.0
+            ax.plot(run.latency_sample, ys, label=f"{run.system} x{run.workers} @ {rate:,.0f}/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("event time → decision produced (ms)")
+    ax.set_ylabel("share of decisions")
+    ax.legend()
+    fig.savefig(out / "e2e_latency_cdf.png", dpi=100)
+    written.append("e2e_latency_cdf.png")
     return written
 
 
@@ -274,7 +289,7 @@ def report(runs: list[Run], setup: str, out: Path) -> str:
         for other in ("noop", "naive"):
             if peak.get((other, 1)):
                 lines.append(f"- engine / {other}: {engine1 / peak[(other, 1)]:.2f}")
-    lines += ["", "![throughput](e2e_throughput.png)", ""]
+    lines += ["", "![throughput](e2e_throughput.png)", "", "![latency](e2e_latency_cdf.png)", ""]
     text = "\n".join(lines)
     (out / "end_to_end.md").write_text(text)
     (out / "end_to_end.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))

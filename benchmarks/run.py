@@ -38,8 +38,12 @@ ARGUMENTS: dict[str, tuple[list[str], list[str]]] = {
         ["--data", "synthetic", "--batches", "20", "--epochs", "3",
          "--json", "{results}/layers.json"],
     ),
+    "bench_end_to_end": (
+        ["--out", "{results}"],
+        ["--quick", "--workers", "1,2", "--out", "{results}"],
+    ),
 }  # fmt: skip
-ORDER = ("bench_simulator", "bench_feature_store", "bench_layers")  # cheapest first
+ORDER = ("bench_simulator", "bench_feature_store", "bench_layers", "bench_end_to_end")
 
 
 def benchmarks() -> list[str]:

@@ -87,3 +87,19 @@ def register(app: typer.Typer) -> None:
                 )
             )
         typer.echo(f"sent {stats.sent:,} messages in {stats.seconds:.1f} s ({stats.rate:,.0f}/s)")
+
+    @app.command()
+    def bench(
+        quick: Annotated[bool, typer.Option(help="Small runs (minutes, not tens).")] = False,
+        only: Annotated[str | None, typer.Option(help="One benchmark, e.g. feature_store.")] = None,
+    ) -> None:
+        """Run the benchmarks (`make bench`): reports land in benchmarks/results/."""
+        import subprocess
+        import sys
+
+        from fraudstream.settings import PROJECT_ROOT
+
+        command = [sys.executable, "-m", "benchmarks.run"]
+        command += ["--quick"] if quick else []
+        command += ["--only", only] if only else []
+        raise typer.Exit(subprocess.call(command, cwd=PROJECT_ROOT))
