@@ -26,6 +26,7 @@ from typing import Any
 import faust
 
 from features.definitions import FEATURE_NAMES
+from features.label_store import LabelStore
 from features.online import RedisFeatureStore, redis_client_for
 from features.table import transaction_only
 from fraudstream.errors import NoChampionError, RolloutFileError, RuleFileError
@@ -240,7 +241,12 @@ def build_scoring(
         gnn.observe(transactions)  # the graph moves on even while Redis is down
         return store.compute(transactions)
 
+    label_store = LabelStore(settings.features.label_store_dir)  # a file per process
+
     def apply_labels(labels: Sequence[LabelEvent]) -> int:
+        # Kept for training first, then applied to the online risk features; both before
+        # the labels' offsets are acknowledged (a crash repeats, never loses, a label).
+        label_store.append(labels)
         applied = store.apply_labels(labels)
         gnn.observe_labels(labels)
         return applied

@@ -147,6 +147,8 @@ def unique_env(
         "FRAUDSTREAM__WORKER__DATA_DIR": str(data_dir),
         "FRAUDSTREAM__WORKER__WEB_PORT": str(web_port),
         "FRAUDSTREAM__WORKER__METRICS_PORT": str(metrics_port),
+        "FRAUDSTREAM__FEATURES__LABEL_STORE_DIR": str(data_dir / "labels"),
+        "FRAUDSTREAM__FEATURES__KEY_PREFIX": f"fs-{suffix}",
     }
     for name, default in TopicSettings().model_dump().items():
         env[f"FRAUDSTREAM__KAFKA__TOPICS__{name.upper()}"] = f"{default}.{suffix}"

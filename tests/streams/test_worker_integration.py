@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from features.label_store import read_label_store
 from streams.topics import ensure_topics
 from tests.streams.harness import FraudstreamProcess, consume_until, produce, transaction
 
@@ -125,6 +126,9 @@ async def test_every_transaction_gets_exactly_one_decision(
         assert decision["amount"] == t["amount"]
         assert decision["decision"] in {"approve", "review", "decline"}
     assert all(sorted(d["layers_run"]) == ["gnn", "iforest", "rules", "xgboost"] for d in decisions)
+    # every applied label was also kept for training
+    stored = read_label_store(settings.features.label_store_dir)
+    assert set(stored["transaction_id"]) == {label(i)["transaction_id"] for i in LABELLED}
     assert not any(d["timeout_default"] for d in decisions)
 
     letters = [d for d in received[topics.deadletter] if d["source_topic"] == topics.transactions]
