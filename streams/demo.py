@@ -333,6 +333,22 @@ def _settlement_messages(
     return [(s.card_id.encode(), encode(s)) for s in settlements(chosen)]
 
 
+def _renamed_for_run(data: SimulatedData, run: str) -> SimulatedData:
+    """The simulation with transaction ids unique to this run: the same seed gives the
+    same ids, and a second demo against the same stack would otherwise be (rightly)
+    recognised as redelivery by the worker and the authorization service."""
+    import dataclasses
+
+    def renamed(frame: Any) -> Any:
+        out = frame.copy()
+        out["transaction_id"] = run + "-" + out["transaction_id"].astype(str)
+        return out
+
+    return dataclasses.replace(
+        data, transactions=renamed(data.transactions), settlements=renamed(data.settlements)
+    )
+
+
 def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     from fraudstream.devstack import DevStack
 
@@ -347,14 +363,12 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     log_path = Path(settings.devstack.home) / "demo-worker.log"
     auth_log = Path(settings.devstack.home) / "demo-authorize.log"
     console.print(f"starting a worker (log: {log_path}) and the authorization service")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("w") as log, auth_log.open("w") as alog:
-        worker = subprocess.Popen(
-            [*FRAUDSTREAM_COMMAND, "worker"], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        authorizer = subprocess.Popen(
-            [*FRAUDSTREAM_COMMAND, "authorize"], stdout=alog, stderr=subprocess.STDOUT, env=env
-        )
+    run = f"r{int(time.time()) % 10**7}"
+    data = _renamed_for_run(data, run)
+    # Each run's features start from an empty history of its own.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FRAUDSTREAM__FEATURES__KEY_PREFIX": run}
+    worker = _start("worker", log_path, env)
+    authorizer = _start("authorize", auth_log, env)
     try:
         _wait_for_ready(log_path, worker)
         messages = _demo_messages(data, count)
@@ -399,10 +413,21 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
         p50, p95, p99 = np.percentile(result.latencies_ms, [50, 95, 99])
         table.add_row("latency produce → decision p50/p95/p99 ms", f"{p50:.0f}/{p95:.0f}/{p99:.0f}")
     console.print(table)
+    _print_where_to_look(settings, console)
+    console.print("The dev stack is still up; stop it with [bold]fraudstream devstack down[/bold].")
+
+
+def _print_where_to_look(settings: Settings, console: Console) -> None:
     port = settings.worker.metrics_port
     if port:
         console.print(f"metrics were served at http://127.0.0.1:{port}/metrics while it ran")
-    console.print("The dev stack is still up; stop it with [bold]fraudstream devstack down[/bold].")
+
+
+def _start(command: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            [*FRAUDSTREAM_COMMAND, command], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def _wait_for_ready(log_path: Path, worker: subprocess.Popen[bytes], timeout: float = 90) -> None:

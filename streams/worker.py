@@ -167,9 +167,36 @@ def engine_builder(
             **hooks,
         )
         where = str(bundle_dir) if version is None else f"{settings.mlflow.model_name}/{version}"
+        warm_up(trained.ensemble.layers.values())
         return LiveModel(engine, version, where, trained.info)
 
     return build
+
+
+def warm_up(layers: Any, rows: int = 8) -> None:
+    """Score a small synthetic batch with every layer once, before the first real one:
+    the first call of a booster or an ONNX session allocates and compiles, and must not
+    make the first real batch miss its deadline (or count as a breaker failure)."""
+    from datetime import UTC, datetime
+
+    from models.base import ScoringBatch
+
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    transactions = [
+        Transaction(
+            schema_version=1,
+            transaction_id=f"warm-up-{i}",
+            event_time=start,
+            card_id=f"warm-up-card-{i}",
+            terminal_id="warm-up-terminal",
+            amount=10.0 + i,
+            currency="EUR",
+        )
+        for i in range(rows)
+    ]
+    batch = ScoringBatch(transactions, transaction_only(transactions))
+    for layer in layers:
+        layer.score(batch)
 
 
 def open_registry(settings: Settings) -> ModelRegistry:
