@@ -44,7 +44,8 @@ def build(settings: Settings) -> faust.App:
                 continue  # the engine dead-letters; the naive design just drops
             features = store.compute([tx])
             decision = engine.decide(ScoringBatch([tx], features), datetime.now(UTC))[0]
-            await topics.decisions.send_and_wait(key=tx.card_id.encode(), value=encode(decision))
+            sent = await topics.decisions.send(key=tx.card_id.encode(), value=encode(decision))
+            await sent  # acknowledged before the next message: one at a time
 
     app.agent(topics.transactions, name="naive", concurrency=1)(one_by_one)
     return app

@@ -6,14 +6,23 @@ objects, and the implementations here turn those reports into metrics.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from fraudstream.drift import ReferenceHistogram, ScoreWindow
 from streams.scoring import BatchOutcome, LabelOutcome
 
 if TYPE_CHECKING:
+    from fraudstream.wire import Decision
     from models.decide import LayerReport
+    from streams.reconcile import ReconcileOutcome
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Breaker state as a number, for alerting: 0 closed, 1 half-open, 2 open.
 BREAKER_STATE_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
@@ -93,14 +102,107 @@ class EngineMetrics:
             ["result"],
             registry=r,
         )
+        self._declare_decision_metrics(r)
+        self._declare_reconcile_metrics(r)
+        # Layers whose breaker state is exported: the others show as closed once they run.
+        self.breakers_seen: set[str] = set()
+
+    def _declare_decision_metrics(self, r: CollectorRegistry) -> None:
+        self.decision_latency = Histogram(
+            "fraudstream_decision_latency_seconds",
+            "End to end: from the transaction's event time to its decision acknowledged "
+            "by the broker.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.feature_store_seconds = Histogram(
+            "fraudstream_feature_store_seconds",
+            "Time of one feature store lookup (one micro-batch), by result (ok, error).",
+            ["result"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "fraudstream_model_info",
+            "The model version deciding now (value 1; one series per version seen last).",
+            ["version"],
+            registry=r,
+        )
+        self.dedupe_hits = Counter(
+            "fraudstream_dedupe_hits",
+            "Redelivered transactions answered with their remembered decision, not rescored.",
+            registry=r,
+        )
+        self.dedupe_remembered = Gauge(
+            "fraudstream_dedupe_remembered",
+            "Decisions remembered for deduplication on this worker's partitions.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "fraudstream_consumer_lag",
+            "Messages not yet committed, per input partition (high water - committed).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.score_psi = Gauge(
+            "fraudstream_score_psi",
+            "Population stability index of the recent scores against the training scores.",
+            registry=r,
+        )
+        self.score_window = Gauge(
+            "fraudstream_score_window",
+            "Scores in the sliding window the drift index is computed on.",
+            registry=r,
+        )
+
+    def _declare_reconcile_metrics(self, r: CollectorRegistry) -> None:
+        self.reconcile_messages = Counter(
+            "fraudstream_reconcile_messages",
+            "Authorisation and settlement messages read by the reconciliation agent.",
+            registry=r,
+        )
+        self.reconcile_exceptions = Counter(
+            "fraudstream_reconcile_exceptions",
+            "Reconciliation exceptions reported, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.reconcile_state = Gauge(
+            "fraudstream_reconcile_state",
+            "Reconciliation totals per partition, from its durable state (authorizations, "
+            "settlements, redelivered, matched, opened, closed, open, evicted).",
+            ["partition", "count"],
+            registry=r,
+        )
+        self.reconcile_exceptions_by_partition = Gauge(
+            "fraudstream_reconcile_partition_exceptions",
+            "Reconciliation exceptions per partition and kind, from its durable state "
+            "(survives restarts, unlike the counter).",
+            ["partition", "kind"],
+            registry=r,
+        )
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
 
 
 class PrometheusStreamHooks:
-    def __init__(self, metrics: EngineMetrics) -> None:
+    """The agents' reports (``streams.scoring.StreamHooks`` and
+    ``streams.agents.ScoringObserver``) as metrics.
+
+    ``reference`` is the engine's training score histogram (from its bundle): with it,
+    the drift index of the last ``drift_window`` scores is exported.
+    """
+
+    def __init__(
+        self,
+        metrics: EngineMetrics,
+        reference: ReferenceHistogram | None = None,
+        drift_window: int = 10_000,
+    ) -> None:
         self._m = metrics
+        self._window = ScoreWindow(reference, drift_window) if reference is not None else None
+        self._model_version: str | None = None
 
     def batch_processed(self, outcome: BatchOutcome, size: int, seconds: float) -> None:
         for outcome_name, count in outcome.outcomes.items():
@@ -121,6 +223,41 @@ class PrometheusStreamHooks:
     def pipeline_failed(self, error: BaseException) -> None:
         self._m.pipeline_errors.inc()
 
+    def decisions_produced(self, decisions: Sequence[Decision], produced_at: datetime) -> None:
+        """Decisions just acknowledged by the broker (not the re-emits of remembered ones)."""
+        for decision in decisions:
+            latency = (produced_at - decision.event_time).total_seconds()
+            self._m.decision_latency.observe(max(0.0, latency))
+        if decisions:
+            self._model(decisions[-1].model_version)
+            for layer in decisions[-1].layers_run:
+                if layer not in self._m.breakers_seen:  # it ran and never tripped: closed
+                    self._m.breakers_seen.add(layer)
+                    self._m.breaker_state.labels(layer).set(BREAKER_STATE_VALUES["closed"])
+        if self._window is not None and decisions:
+            self._window.add(d.score for d in decisions)
+            self._m.score_window.set(len(self._window))
+            index = self._window.psi()
+            if index is not None:
+                self._m.score_psi.set(index)
+
+    def _model(self, version: str) -> None:
+        if version != self._model_version:
+            if self._model_version is not None:
+                self._m.model_info.remove(self._model_version)
+            self._m.model_info.labels(version).set(1)
+            self._model_version = version
+
+    def deduplicated(self, hits: int, remembered: int) -> None:
+        self._m.dedupe_hits.inc(hits)
+        self._m.dedupe_remembered.set(remembered)
+
+    def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """The lag of every partition assigned now (the others' series are dropped)."""
+        self._m.consumer_lag.clear()
+        for (topic, partition), lag in lags.items():
+            self._m.consumer_lag.labels(topic, str(partition)).set(lag)
+
 
 class PrometheusEngineHooks:
     """The decision engine's callbacks (``models.decide.ScoringEngine`` and
@@ -135,10 +272,63 @@ class PrometheusEngineHooks:
             self._m.layer_seconds.labels(report.layer).observe(report.elapsed_ms / 1000.0)
 
     def breaker_changed(self, layer: str, old: str, new: str) -> None:
+        self._m.breakers_seen.add(layer)
         self._m.breaker_state.labels(layer).set(BREAKER_STATE_VALUES.get(str(new), -1.0))
 
     def feature_store_error(self, error: BaseException) -> None:
         self._m.feature_store_errors.labels(type(error).__name__).inc()
 
+    def feature_lookup(self, seconds: float, ok: bool) -> None:
+        self._m.feature_store_seconds.labels("ok" if ok else "error").observe(seconds)
+
     def engine_error(self, error: BaseException) -> None:
         self._m.pipeline_errors.inc()
+
+
+class PrometheusReconcileHooks:
+    """The reconciliation agent's reports (``streams.reconcile.ReconcileHooks``)."""
+
+    def __init__(self, metrics: EngineMetrics) -> None:
+        self._m = metrics
+
+    def batch_reconciled(self, outcome: ReconcileOutcome, size: int, seconds: float) -> None:
+        self._m.reconcile_messages.inc(size)
+        for kind, count in outcome.found.items():
+            self._m.reconcile_exceptions.labels(kind).inc(count)
+        for reject, count in outcome.rejected.items():
+            self._m.deadletters.labels(reject).inc(count)
+        for partition, totals in outcome.totals.items():
+            p = str(partition)
+            for name in RECONCILE_COUNTS:
+                self._m.reconcile_state.labels(p, name).set(getattr(totals, name))
+            for kind, count in totals.exceptions.items():
+                self._m.reconcile_exceptions_by_partition.labels(p, kind).set(count)
+
+
+RECONCILE_COUNTS = (
+    "authorizations",
+    "settlements",
+    "redelivered",
+    "matched",
+    "opened",
+    "closed",
+    "open",
+    "evicted",
+)
+
+
+def timed(fn: Callable[[T], R], report: Callable[[float, bool], None]) -> Callable[[T], R]:
+    """``fn`` reporting its duration and whether it returned (``report(seconds, ok)``);
+    for the feature store lookup: ``timed(store.compute, engine_hooks.feature_lookup)``."""
+
+    def call(arg: T) -> R:
+        started = time.perf_counter()
+        try:
+            result = fn(arg)
+        except BaseException:
+            report(time.perf_counter() - started, False)
+            raise
+        report(time.perf_counter() - started, True)
+        return result
+
+    return call

@@ -194,6 +194,15 @@ class RuleSettings(_Section):
     list_prefix: str = Field(default="fraudstream:list", pattern=r"^[A-Za-z0-9_.:\-]+$")
 
 
+class DedupeSettings(_Section):
+    # Remember each decision by transaction id (a changelog-backed table) so a
+    # redelivered transaction gets the same decision re-emitted, never a second one.
+    enabled: bool = True
+    # How long after a decision a redelivery is still recognised. Memory is about
+    # (decisions per second) x retention_s x ~1 KiB per worker.
+    retention_s: float = Field(default=3600.0, gt=0)
+
+
 class SecuritySettings(_Section):
     # Keyed-HMAC key that turns a card number into its token at ingress (>= 16 bytes;
     # from your secret store: FRAUDSTREAM__SECURITY__PAN_TOKEN_KEY, never in the file).
@@ -238,6 +247,7 @@ class Settings(BaseSettings):
     rules: RuleSettings = RuleSettings()
     data: DataSettings = DataSettings()
     security: SecuritySettings = SecuritySettings()
+    dedupe: DedupeSettings = DedupeSettings()
     # Owned by their packages (pure pydantic models), configured here like the rest.
     reconciliation: ReconcileConfig = ReconcileConfig()
     authorize: AuthorizeConfig = AuthorizeConfig()

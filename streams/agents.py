@@ -3,10 +3,14 @@
 One agent instance per worker process (``concurrency=1``): with more, Faust can commit
 past in-flight messages and lose them. Offsets are acknowledged only after every
 decision and dead letter of the batch has been acknowledged by the broker, so a crash
-redelivers (at-least-once); decisions are idempotent by transaction id downstream.
+redelivers (at-least-once).
 
 The scoring agent decides in a worker thread under ``scoring.deadline_ms``
 (:class:`streams.scoring.DeadlineDecider`); past it the configured default is emitted.
+Decisions are idempotent by transaction id (:mod:`streams.dedupe`): every decision is
+remembered in a changelog-backed table, written through on the source partition and
+acknowledged by the broker before the batch's offsets are, and a redelivered
+transaction gets its remembered decision again, byte for byte, without being rescored.
 The labels agent applies chargebacks and verdicts to the feature store; while the store
 is down it retries the same batch (its offsets are not acknowledged meanwhile), since a
 lost label would silently weaken the risk features.
@@ -17,20 +21,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
 
 import faust
 
 from fraudstream.errors import FeatureStoreError
-from fraudstream.wire import BatchDecoder, LabelEvent, transaction_decoder
+from fraudstream.wire import BatchDecoder, Decision, LabelEvent, Transaction, transaction_decoder
 from streams.app import EngineTopics
+from streams.dedupe import (
+    TABLE_NAME,
+    DedupeConfig,
+    DedupeSplit,
+    Deduplicator,
+    decode_by_partition,
+)
 from streams.scoring import (
-    DeadlineDecider,
+    BatchDecider,
+    BatchOutcome,
+    Outgoing,
     RawMessage,
     StreamHooks,
     decode_labels,
-    process_batch_within,
+    record_decisions,
 )
 
 log = logging.getLogger(__name__)
@@ -51,37 +66,205 @@ def _raw(events: Sequence[Any]) -> list[RawMessage]:
     ]
 
 
+@runtime_checkable
+class ScoringObserver(Protocol):
+    """What the scoring agent reports besides :class:`streams.scoring.StreamHooks`;
+    ``fraudstream.metrics.PrometheusStreamHooks`` implements both."""
+
+    def decisions_produced(self, decisions: Sequence[Decision], produced_at: datetime) -> None: ...
+
+    def deduplicated(self, hits: int, remembered: int) -> None: ...
+
+    def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None: ...
+
+
+def partition_lags(
+    assigned: Collection[tuple[str, int]],
+    highwater: Callable[[tuple[str, int]], int | None],
+    committed: Callable[[tuple[str, int]], int | None],
+    topics: Collection[str],
+) -> dict[tuple[str, int], int]:
+    """High water minus committed offset (both "next offset", Kafka's convention) of
+    every assigned partition of ``topics`` whose high water is known; nothing committed
+    yet counts from 0."""
+    lags: dict[tuple[str, int], int] = {}
+    for tp in sorted(assigned):
+        if tp[0] not in topics:
+            continue
+        high = highwater(tp)
+        if high is None:
+            continue
+        lags[tp] = max(0, high - (committed(tp) or 0))
+    return lags
+
+
+@dataclass(frozen=True)
+class ScoringAgent:
+    agent: Any
+    table: Any | None  # the remembered decisions (None with dedupe disabled)
+    dedupe: Deduplicator | None
+
+
 def register_scoring_agent(
     app: faust.App,
     topics: EngineTopics,
-    decider: DeadlineDecider,
+    decider: BatchDecider,
     hooks: StreamHooks,
     *,
     max_batch: int,
     batch_window_s: float,
     max_message_bytes: int,
-) -> Any:
-    decoder = transaction_decoder(max_message_bytes)
+    dedupe: DedupeConfig | None = None,
+    observer: ScoringObserver | None = None,
+    lag_interval_s: float = 10.0,
+    shadow_topic: Any | None = None,
+    ingress: Callable[[bytes], bytes] | None = None,
+) -> ScoringAgent:
+    """The scoring agent, its dedupe table (``dedupe`` defaults to
+    :class:`DedupeConfig`'s defaults) and, with an ``observer`` (by default ``hooks``
+    when it implements :class:`ScoringObserver`), a consumer lag report every
+    ``lag_interval_s`` for the transactions and labels topics."""
+    # ``ingress``: card numbers to tokens before anything else sees the message.
+    decoder = transaction_decoder(max_message_bytes, ingress)
+    dedupe = dedupe or DedupeConfig()
+    if observer is None and isinstance(hooks, ScoringObserver):
+        observer = hooks
+    table: Any | None = None
+    deduplicator: Deduplicator | None = None
+    if dedupe.enabled:
+        deduplicator = Deduplicator(dedupe)
+        table = app.Table(
+            TABLE_NAME,
+            default=None,
+            partitions=topics.transactions.partitions,
+            schema=faust.Schema(key_serializer="json", value_serializer="json"),
+            help="the decision produced for each transaction id, for idempotent redelivery",
+        )
+
+        @table.on_recover
+        async def _rebuild() -> None:
+            if deduplicator is not None:
+                deduplicator.reset()
+
+    step = ScoringStep(decoder, decider, topics, table, deduplicator, observer)
 
     async def score(stream: Any) -> None:
         async for events in stream.take_events(max_batch, within=batch_window_s):
             started = time.perf_counter()
             messages = _raw(events)
-            outcome = await process_batch_within(messages, decoder, decider)
-            pending = [
-                await topics.deadletter.send(key=out.key, value=out.value)
-                for out in outcome.deadletters
-            ]
-            pending += [
-                await topics.decisions.send(key=out.key, value=out.value)
-                for out in outcome.decisions
-            ]
-            # Wait for the broker's acknowledgement of every output before the loop
-            # moves on and take_events acks (and later commits) the inputs.
-            await asyncio.gather(*pending)
+            outcome, decisions = await step.run(messages)
+            # Shadow decisions (streams.routing) never act; acknowledged before the inputs.
+            shadow = decider.take_shadow()
+            if shadow and shadow_topic is not None:
+                await asyncio.gather(
+                    *[await shadow_topic.send(key=o.key, value=o.value) for o in shadow]
+                )
             hooks.batch_processed(outcome, len(messages), time.perf_counter() - started)
+            if observer is not None:
+                observer.decisions_produced(decisions, datetime.now(UTC))
 
-    return app.agent(topics.transactions, name="score", concurrency=1)(score)
+    agent = app.agent(topics.transactions, name="score", concurrency=1)(score)
+    if observer is not None:
+        _register_lag_report(
+            app,
+            observer,
+            {topics.transactions.get_topic_name(), topics.labels.get_topic_name()},
+            lag_interval_s,
+        )
+    return ScoringAgent(agent=agent, table=table, dedupe=deduplicator)
+
+
+@dataclass(frozen=True)
+class ScoringStep:
+    decoder: BatchDecoder[Transaction]
+    decider: BatchDecider
+    topics: EngineTopics
+    table: Any | None
+    deduplicator: Deduplicator | None
+    observer: ScoringObserver | None
+    clock: Callable[[], float] = time.time  # wall clock, seconds: when a decision is made
+
+    async def run(self, messages: Sequence[RawMessage]) -> tuple[BatchOutcome, list[Decision]]:
+        """One batch: score only what was never decided, remember it (table and
+        changelog on the source partition), re-emit the remembered decisions; then wait
+        until the broker has acknowledged every output and changelog write, before
+        take_events acks (and later commits) the inputs."""
+        now = datetime.now(UTC)
+        outcome, valid = decode_by_partition(messages, self.decoder, now)
+        dedupe, table = self.deduplicator, self.table
+        if dedupe is None or table is None:
+            split = DedupeSplit(fresh=[t for _, t in valid], partitions=[p for p, _ in valid])
+        else:
+            split = dedupe.split(valid, table.data)
+        decisions = await self.decider.decide(split.fresh, now) if split.fresh else []
+        record_decisions(outcome, split.fresh, decisions)
+        pending: list[Any] = []
+        reemits: list[Outgoing] = []
+        if dedupe is not None and table is not None:
+            pending, reemits = self._remember(dedupe, table, split, outcome)
+        topics = self.topics
+        pending += [
+            await topics.deadletter.send(key=out.key, value=out.value)
+            for out in outcome.deadletters
+        ]
+        pending += [
+            await topics.decisions.send(key=out.key, value=out.value)
+            for out in [*outcome.decisions, *reemits]
+        ]
+        await asyncio.gather(*pending)
+        return outcome, list(decisions)
+
+    def _remember(
+        self, dedupe: Deduplicator, table: Any, split: DedupeSplit, outcome: BatchOutcome
+    ) -> tuple[list[Any], list[Outgoing]]:
+        """Write the batch's decisions (and expiries) through to the table and its
+        changelog, first: a crash after that but before the decisions are acknowledged
+        re-emits the remembered decision on redelivery, it never decides again."""
+        store = table.data
+        plan = dedupe.remember(split, outcome.decisions, round(self.clock() * 1000), store)
+        changelog = []
+        for write in plan.writes:
+            if write.value is None:
+                store.pop(write.key, None)
+                # A real tombstone (json would send ``null``, which compaction keeps).
+                sent = table.send_changelog(
+                    write.partition, write.key, None, value_serializer="raw"
+                )
+            else:
+                store[write.key] = write.value
+                sent = table.send_changelog(write.partition, write.key, write.value)
+            changelog.append(sent)
+        if self.observer is not None:
+            self.observer.deduplicated(plan.hits, dedupe.remembered())
+        return changelog, plan.reemits
+
+
+def _register_lag_report(
+    app: faust.App, observer: ScoringObserver, topic_names: set[str], interval_s: float
+) -> None:
+    async def report_lag() -> None:
+        consumer = app.consumer
+        monitor = app.monitor
+        try:
+            assigned = consumer.assignment()
+        except Exception:  # not started yet, or rebalancing: next tick
+            return
+        by_pair = {(tp.topic, tp.partition): tp for tp in assigned}
+        committed_offsets = getattr(monitor, "tp_committed_offsets", None) or {}
+
+        def highwater(pair: tuple[str, int]) -> int | None:
+            try:
+                return int(consumer.highwater(by_pair[pair]))
+            except Exception:
+                return None
+
+        def committed(pair: tuple[str, int]) -> int | None:
+            value = committed_offsets.get(by_pair[pair])
+            return None if value is None else int(value)
+
+        observer.consumer_lag(partition_lags(by_pair, highwater, committed, topic_names))
+
+    app.timer(interval_s, name="consumer-lag")(report_lag)
 
 
 def register_labels_agent(

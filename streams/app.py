@@ -36,6 +36,10 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=kafka.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # A worker that dies is replaced after this long, not Faust's default minute:
+        # its partitions (and their decisions) wait for the session to expire.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         web_enabled=False,
         autodiscover=False,
         # Faust's own Record machinery is not used: values are raw bytes decoded in

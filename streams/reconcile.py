@@ -301,7 +301,12 @@ def register_reconcile_agent(
                     store.pop(write.key, None)
                 else:
                     store[write.key] = write.value
-                table.send_changelog(write.partition, write.key, write.value)
+                if write.value is None:
+                    # A real tombstone (the JSON serializer would write `null`, which
+                    # compaction keeps and recovery would bring back as a value).
+                    table.send_changelog(write.partition, write.key, None, value_serializer="raw")
+                else:
+                    table.send_changelog(write.partition, write.key, write.value)
             pending = [await deadletter.send(key=o.key, value=o.value) for o in outcome.deadletters]
             pending += [
                 await exceptions_topic.send(key=o.key, value=o.value) for o in outcome.exceptions

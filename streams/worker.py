@@ -29,18 +29,27 @@ from features.definitions import FEATURE_NAMES
 from features.label_store import LabelStore
 from features.online import RedisFeatureStore, redis_client_for
 from features.table import transaction_only
+from fraudstream.drift import ReferenceHistogram
 from fraudstream.errors import NoChampionError, RolloutFileError, RuleFileError
-from fraudstream.metrics import EngineMetrics, PrometheusEngineHooks, PrometheusStreamHooks
+from fraudstream.metrics import (
+    EngineMetrics,
+    PrometheusEngineHooks,
+    PrometheusReconcileHooks,
+    PrometheusStreamHooks,
+    timed,
+)
 from fraudstream.settings import Settings
+from fraudstream.wire.pan import CardNumberIngress
 from fraudstream.wire.schemas import LabelEvent, Transaction
 from models.decide import ScoringEngine
 from models.rules import RuleBook, RuleSet, RulesScorer, RulesSettings
 from models.rules.lists import RedisListStore
 from streams.agents import register_labels_agent, register_scoring_agent
 from streams.app import create_app, declare_topics
+from streams.dedupe import DedupeConfig
 from streams.gnn_refresh import GnnRefresh
 from streams.hotswap import LiveModel, ModelSet, RegistryWatcher, Swap, registry_loader
-from streams.reconcile import LatestTotals, ReconcileHooks, register_reconcile_agent
+from streams.reconcile import ReconcileHooks, register_reconcile_agent
 from streams.rollout import FixedRollout, RolloutFile, RolloutPlan
 from streams.routing import BatchFeatures, RoutedDecider
 from streams.scoring import StreamHooks
@@ -173,6 +182,17 @@ def engine_builder(
     return build
 
 
+def score_reference(info: EngineInfo) -> ReferenceHistogram | None:
+    """The trained engine's score distribution on held-out rows (for drift), if kept."""
+    doc = info.metrics.get("score_reference")
+    return ReferenceHistogram.model_validate(doc) if doc else None
+
+
+def card_number_ingress(settings: Settings) -> CardNumberIngress:
+    key = settings.security.pan_token_key
+    return CardNumberIngress.from_key(key.get_secret_value().encode() if key else None)
+
+
 def warm_up(layers: Any, rows: int = 8) -> None:
     """Score a small synthetic batch with every layer once, before the first real one:
     the first call of a booster or an ONNX session allocates and compiles, and must not
@@ -264,9 +284,11 @@ def build_scoring(
         models = ModelSet(build(settings.models.bundle_dir, None))
     gnn = GnnRefresh(lambda: [m.engine for m in (models.champion, models.challenger) if m])
 
+    lookup = timed(store.compute, engine_hooks.feature_lookup) if engine_hooks else store.compute
+
     def compute(transactions: Sequence[Transaction]) -> Any:
         gnn.observe(transactions)  # the graph moves on even while Redis is down
-        return store.compute(transactions)
+        return lookup(transactions)
 
     label_store = LabelStore(settings.features.label_store_dir)  # a file per process
 
@@ -303,9 +325,11 @@ def build_worker_app(
     parts: ScoringParts | None = None,
     reconcile_hooks: ReconcileHooks | None = None,
 ) -> faust.App:
-    stream_hooks = PrometheusStreamHooks(metrics)
     if parts is None:
-        parts = build_scoring(settings, stream_hooks, PrometheusEngineHooks(metrics))
+        parts = build_scoring(
+            settings, PrometheusStreamHooks(metrics), PrometheusEngineHooks(metrics)
+        )
+    stream_hooks = PrometheusStreamHooks(metrics, reference=score_reference(parts.info))
     info = parts.info
     app = create_app(settings)
     topics = declare_topics(app, settings)
@@ -329,6 +353,8 @@ def build_worker_app(
         batch_window_s=window_s,
         max_message_bytes=max_bytes,
         shadow_topic=shadow_topic,
+        dedupe=DedupeConfig(**settings.dedupe.model_dump()),
+        ingress=card_number_ingress(settings),
     )
     watcher = parts.watcher
     if watcher is not None:
@@ -358,7 +384,7 @@ def build_worker_app(
             app,
             settings.kafka.topics,
             settings.reconciliation,
-            reconcile_hooks if reconcile_hooks is not None else LatestTotals(),
+            reconcile_hooks if reconcile_hooks is not None else PrometheusReconcileHooks(metrics),
             partitions=settings.kafka.partitions,
             max_batch=max_batch,
             batch_window_s=window_s,

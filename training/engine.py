@@ -32,6 +32,7 @@ from features.definitions import DAY_MS, DEFINITIONS_HASH, FEATURE_NAMES, LABEL_
 from features.matrix import FeatureMatrix
 from features.offline import build_features
 from features.sources import history_transactions
+from fraudstream.drift import ReferenceHistogram
 from fraudstream.errors import TrainingPeriodError
 from models.base import Scorer, ScoringBatch
 from models.ensemble import EnsembleScorer, MetaParams
@@ -275,6 +276,10 @@ def _metrics(
     scores = dict(ensemble.layer_scores(batch))
     scores["ensemble"] = ensemble.score(batch)
     out: dict[str, Any] = {"period": "ensemble", "truth": source, "frauds": int(truth.sum())}
+    # The score distribution on held-out rows: what the worker's drift (PSI) compares to.
+    if len(scores["ensemble"]):
+        reference = ReferenceHistogram.from_scores(scores["ensemble"].tolist(), bins=10)
+        out["score_reference"] = reference.model_dump(mode="json")
     if 0 < truth.sum() < len(truth):
         for name, values in sorted(scores.items()):
             out[name] = {
