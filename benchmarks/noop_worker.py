@@ -15,6 +15,7 @@ from typing import Any
 import faust
 
 from fraudstream.settings import load_settings
+from streams.agents import send_all
 from streams.app import create_app, declare_topics
 
 
@@ -26,11 +27,7 @@ def build(settings: Any) -> faust.App:
 
     async def forward(stream: Any) -> None:
         async for events in stream.take_events(max_batch, within=window):
-            pending = [
-                await topics.decisions.send(key=e.message.key, value=e.message.value)
-                for e in events
-            ]
-            await asyncio.gather(*pending)
+            await asyncio.gather(*await send_all(topics.decisions, [e.message for e in events]))
 
     app.agent(topics.transactions, name="noop", concurrency=1)(forward)
     return app

@@ -216,14 +216,26 @@ def _done(value: Any = None) -> asyncio.Future[Any]:
     return future
 
 
+class FakeProducer:
+    """The Kafka producer under a Faust app: ``send`` queues, the future acknowledges."""
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, *_: Any
+    ) -> asyncio.Future[Any]:
+        self.log.append((topic, (key, value)))
+        return _done()
+
+
 class FakeTopic:
     def __init__(self, log: list[tuple[str, Any]], name: str) -> None:
-        self.log = log
         self.name = name
+        self.app = type("FakeApp", (), {"producer": FakeProducer(log)})()
 
-    async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
-        self.log.append((self.name, (key, value)))
-        return _done()
+    def get_topic_name(self) -> str:
+        return self.name
 
 
 class FakeTable:
