@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import faust
+from faust.serializers import codecs
 
 from fraudstream.errors import FeatureStoreError
 from fraudstream.wire import BatchDecoder, Decision, LabelEvent, Transaction, transaction_decoder
@@ -212,33 +213,38 @@ class ScoringStep:
         pending: list[Any] = []
         reemits: list[Outgoing] = []
         if dedupe is not None and table is not None:
-            pending, reemits = self._remember(dedupe, table, split, outcome)
+            pending, reemits = await self._remember(dedupe, table, split, outcome)
         topics = self.topics
         pending += await send_all(topics.deadletter, outcome.deadletters)
         pending += await send_all(topics.decisions, [*outcome.decisions, *reemits])
         await asyncio.gather(*pending)
         return outcome, list(decisions)
 
-    def _remember(
+    async def _remember(
         self, dedupe: Deduplicator, table: Any, split: DedupeSplit, outcome: BatchOutcome
     ) -> tuple[list[Any], list[Outgoing]]:
         """Write the batch's decisions (and expiries) through to the table and its
         changelog, first: a crash after that but before the decisions are acknowledged
-        re-emits the remembered decision on redelivery, it never decides again."""
+        re-emits the remembered decision on redelivery, it never decides again.
+
+        The changelog records go straight to the Kafka producer, encoded exactly as the
+        table's JSON schema encodes them (recovery reads them back through it): Faust's
+        ``send_changelog`` queues each one in a 100-message buffer that throttled the
+        whole agent. Tombstones are real (a null value, not JSON ``null``)."""
         store = table.data
         plan = dedupe.remember(split, outcome.decisions, round(self.clock() * 1000), store)
+        producer = table.app.producer
+        name = table.changelog_topic.get_topic_name()
         changelog = []
         for write in plan.writes:
+            key = codecs.dumps("json", write.key)
             if write.value is None:
                 store.pop(write.key, None)
-                # A real tombstone (json would send ``null``, which compaction keeps).
-                sent = table.send_changelog(
-                    write.partition, write.key, None, value_serializer="raw"
-                )
+                value = None
             else:
                 store[write.key] = write.value
-                sent = table.send_changelog(write.partition, write.key, write.value)
-            changelog.append(sent)
+                value = codecs.dumps("json", write.value)
+            changelog.append(await producer.send(name, key, value, write.partition, None, None))
         if self.observer is not None:
             self.observer.deduplicated(plan.hits, dedupe.remembered())
         return changelog, plan.reemits

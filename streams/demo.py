@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from fraudstream.errors import DefinitionsMismatchError, EngineBundleMissing
@@ -210,6 +211,7 @@ class DemoResult:
     exceptions: list[dict[str, Any]] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    started: float = 0.0  # monotonic time the replay began
 
 
 async def _replay_and_watch(
@@ -237,7 +239,7 @@ async def _replay_and_watch(
     await producer.start()
     result = DemoResult()
     sent_at: dict[str, float] = {}
-    started = time.monotonic()
+    started = result.started = time.monotonic()
     for key, value in messages:
         with contextlib.suppress(ValueError, KeyError, TypeError):  # the broken ones
             sent_at[json.loads(value)["transaction_id"]] = time.monotonic()
@@ -248,36 +250,39 @@ async def _replay_and_watch(
     settled = False
     quiet_until: float | None = None
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        done = (
-            len(result.decisions) >= expected
-            and len(result.letters) >= len(DEFECTS)
-            and len(result.authorizations) >= expected
-        )
-        if done and not settled:
-            result.seconds = time.monotonic() - started
-            console.print(f"replaying {len(settlements)} settlements for reconciliation")
-            for key, value in settlements:
-                await producer.send(topics.settlements, value, key=key)
-            await producer.flush()
-            settled = True
-            quiet_until = time.monotonic() + 8.0
-        if quiet_until is not None and time.monotonic() > quiet_until:
-            break
-        for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-            for record in records:
-                _received(
-                    tp.topic,
-                    json.loads(record.value),
-                    topics,
-                    result=result,
-                    console=console,
-                    frauds=frauds,
-                )
-                if tp.topic == topics.decisions:
-                    tx_id = result.decisions[-1]["transaction_id"]
-                    if tx_id in sent_at:
-                        result.latencies_ms.append(1000 * (time.monotonic() - sent_at[tx_id]))
+    live = Live(summary_table(result, frauds, "live"), console=console, transient=True)
+    with live:
+        while time.monotonic() < deadline:
+            done = (
+                len(result.decisions) >= expected
+                and len(result.letters) >= len(DEFECTS)
+                and len(result.authorizations) >= expected
+            )
+            if done and not settled:
+                result.seconds = time.monotonic() - started
+                console.print(f"replaying {len(settlements)} settlements for reconciliation")
+                for key, value in settlements:
+                    await producer.send(topics.settlements, value, key=key)
+                await producer.flush()
+                settled = True
+                quiet_until = time.monotonic() + 8.0
+            if quiet_until is not None and time.monotonic() > quiet_until:
+                break
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                for record in records:
+                    _received(
+                        tp.topic,
+                        json.loads(record.value),
+                        topics,
+                        result=result,
+                        console=console,
+                        frauds=frauds,
+                    )
+                    if tp.topic == topics.decisions:
+                        tx_id = result.decisions[-1]["transaction_id"]
+                        if tx_id in sent_at:
+                            result.latencies_ms.append(1000 * (time.monotonic() - sent_at[tx_id]))
+            live.update(summary_table(result, frauds, "live"))
     await producer.stop()
     await consumer.stop()
     if not result.seconds:
@@ -388,9 +393,17 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
             proc.terminate()
         for proc in (worker, authorizer):
             proc.wait(30)
-    decisions, letters = result.decisions, result.letters
 
-    table = Table(title="summary")
+    console.print(summary_table(result, frauds, title="summary"))
+    _print_where_to_look(settings, console)
+    console.print("The dev stack is still up; stop it with [bold]fraudstream devstack down[/bold].")
+
+
+def summary_table(result: DemoResult, frauds: dict[str, str], title: str) -> Table:
+    """What the run has shown so far: decisions, frauds caught, authorizations,
+    reconciliation exceptions, throughput and latency (refreshed live, then final)."""
+    decisions = result.decisions
+    table = Table(title=title)
     table.add_column("what")
     table.add_column("count", justify="right")
     for outcome, n in sorted(Counter(d["decision"] for d in decisions).items()):
@@ -401,20 +414,19 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     table.add_row("genuine reviewed or declined", str(len(flagged - set(frauds))))
     table.add_row("degraded decisions", str(sum(bool(d["degraded"]) for d in decisions)))
     table.add_row("deadline defaults", str(sum(bool(d.get("timeout_default")) for d in decisions)))
-    table.add_row("dead letters", str(len(letters)))
+    table.add_row("dead letters", str(len(result.letters)))
     for code, n in sorted(Counter(a["response_code"] for a in result.authorizations).items()):
         table.add_row(f"authorizations: response {code}", str(n))
     for kind, n in sorted(Counter(e["kind"] for e in result.exceptions).items()):
         table.add_row(f"reconciliation: {kind}", str(n))
-    table.add_row("seconds (produce → last decision)", f"{result.seconds:.2f}")
-    if result.seconds:
-        table.add_row("decisions per second", f"{len(decisions) / result.seconds:,.0f}")
+    seconds = result.seconds or (time.monotonic() - result.started if result.started else 0.0)
+    table.add_row("seconds (produce → last decision)", f"{seconds:.2f}")
+    if seconds:
+        table.add_row("decisions per second", f"{len(decisions) / seconds:,.0f}")
     if result.latencies_ms:
         p50, p95, p99 = np.percentile(result.latencies_ms, [50, 95, 99])
         table.add_row("latency produce → decision p50/p95/p99 ms", f"{p50:.0f}/{p95:.0f}/{p99:.0f}")
-    console.print(table)
-    _print_where_to_look(settings, console)
-    console.print("The dev stack is still up; stop it with [bold]fraudstream devstack down[/bold].")
+    return table
 
 
 def _print_where_to_look(settings: Settings, console: Console) -> None:

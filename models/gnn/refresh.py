@@ -29,6 +29,8 @@ from fraudstream.wire.schemas import LabelEvent, Transaction
 from models.gnn.graph import GraphState
 from models.gnn.scorer import GNNScorer
 
+_FLUSH_EVERY = 50_000
+
 
 class EmbeddingRefresher:
     def __init__(
@@ -43,6 +45,9 @@ class EmbeddingRefresher:
         self._state = state or GraphState(scorer.entity_columns, scorer.config.history)
         self._min_history = min_history if min_history is not None else scorer.config.history
         self._lock = threading.Lock()
+        # Transactions not yet in the state: building a DataFrame per scored batch cost
+        # as much as the feature store itself, so they are added in bulk when needed.
+        self._pending: list[Transaction] = []
         self._first: datetime | None = None
         self._newest: datetime | None = None
         self.last_refresh: datetime = scorer.embeddings.as_of
@@ -57,7 +62,9 @@ class EmbeddingRefresher:
             return
         times = [t.event_time for t in transactions]
         with self._lock:
-            self._state.append_transactions(transactions)
+            self._pending.extend(transactions)
+            if len(self._pending) >= _FLUSH_EVERY:
+                self._flush()
             low, high = min(times), max(times)
             self._first = low if self._first is None else min(self._first, low)
             self._newest = high if self._newest is None else max(self._newest, high)
@@ -66,6 +73,7 @@ class EmbeddingRefresher:
         if not labels:
             return
         with self._lock:
+            self._flush()  # a label needs its transaction in the state
             self._state.record_labels(
                 [label.transaction_id for label in labels],
                 [int(label.is_fraud) for label in labels],
@@ -90,6 +98,7 @@ class EmbeddingRefresher:
         with self._lock:
             assert self._newest is not None
             as_of = self._newest
+            self._flush()
             self._state.prune(as_of - self.config.history)
             state = self._state.copy()
         refreshed = self._scorer.refresh(state, as_of)
@@ -102,4 +111,10 @@ class EmbeddingRefresher:
     def state_size(self) -> int:
         """Transactions held (bounded by the snapshot window once pruned)."""
         with self._lock:
+            self._flush()
             return len(self._state)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._state.append_transactions(self._pending)
+            self._pending = []

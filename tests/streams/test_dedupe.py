@@ -238,16 +238,25 @@ class FakeTopic:
         return self.name
 
 
+class ChangelogProducer:
+    """The producer as the table's changelog writes reach it (JSON bytes, or None)."""
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes | None, partition: int, *_: Any
+    ) -> asyncio.Future[Any]:
+        decoded = None if value is None else json.loads(value)
+        self.log.append(("changelog", (partition, json.loads(key), decoded, value is None)))
+        return _done()
+
+
 class FakeTable:
     def __init__(self, log: list[tuple[str, Any]]) -> None:
         self.data: dict[str, Any] = {}
-        self.log = log
-
-    def send_changelog(
-        self, partition: int, key: str, value: Any, value_serializer: str | None = None
-    ) -> asyncio.Future[Any]:
-        self.log.append(("changelog", (partition, key, value, value_serializer)))
-        return _done()
+        self.app = type("FakeApp", (), {"producer": ChangelogProducer(log)})()
+        self.changelog_topic = type("T", (), {"get_topic_name": lambda self: "decided-log"})()
 
 
 @dataclass
@@ -311,8 +320,8 @@ async def test_the_step_writes_through_on_the_source_partition_before_producing(
     assert decisions and [d.transaction_id for d in decisions] == ["b"]
     assert observer.hits == [0, 1]
     changelog = [entry[1] for entry in log if entry[0] == "changelog"]
-    # "b" remembered, "a" expired with a raw tombstone (json would write ``null``).
-    assert (3, "a", None, "raw") in changelog
+    # "b" remembered, "a" expired with a real tombstone (a null value, not JSON null).
+    assert (3, "a", None, True) in changelog
     assert [entry[1] for entry in log if entry[0] == "decisions"][-1] == first[0][1]
 
 
