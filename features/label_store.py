@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 import polars as pl
 
-from features.table import LABEL_SCHEMA, epoch_ms
+from features.table import epoch_ms, label_frame
 from fraudstream.wire.schemas import LabelEvent
 
 _DAY_MS = 86_400_000
@@ -73,15 +73,4 @@ def read_label_store(directory: Path) -> pl.DataFrame:
             rows[(label.transaction_id, epoch_ms(label.label_time), label.is_fraud)] = label
     # By label time; ties keep the order they were written in (the later verdict last).
     ordered = sorted(rows.values(), key=lambda x: epoch_ms(x.label_time))
-    return pl.DataFrame(
-        {
-            "transaction_id": [x.transaction_id for x in ordered],
-            "card_id": [x.card_id for x in ordered],
-            "terminal_id": [x.terminal_id for x in ordered],
-            "mcc": [x.mcc for x in ordered],
-            "event_time_ms": [epoch_ms(x.event_time) for x in ordered],
-            "label_time_ms": [epoch_ms(x.label_time) for x in ordered],
-            "is_fraud": [int(x.is_fraud) for x in ordered],
-        },
-        schema=LABEL_SCHEMA,
-    )
+    return label_frame(ordered)
