@@ -322,6 +322,8 @@ def _settlement_messages(
 ) -> list[tuple[bytes | None, bytes]]:
     """The simulator's settlements of the replayed payments (and the unknown ones of the
     same days), in settlement time order, without the ground-truth column."""
+    import pandas as pd
+
     from fraudstream.reconcile.replay import settlements
     from fraudstream.wire import encode
 
@@ -332,8 +334,14 @@ def _settlement_messages(
         except (ValueError, KeyError, TypeError):
             continue
     frame = data.settlements
-    unknown = frame["injected"] == "unknown_authorization"
-    chosen = frame[frame["transaction_id"].isin(replayed) | (unknown & (frame.index % 10 == 0))]
+    ours = frame[frame["transaction_id"].isin(replayed)]
+    # A few settlements nobody authorised, from the same days as ours (event time: one
+    # from weeks later would move reconciliation's clock past every open deadline).
+    unknown = frame[
+        (frame["injected"] == "unknown_authorization")
+        & frame["settled_at"].between(ours["settled_at"].min(), ours["settled_at"].max())
+    ]
+    chosen = pd.concat([ours, unknown.iloc[::5]])
     chosen = chosen.sort_values("settled_at", kind="stable")
     return [(s.card_id.encode(), encode(s)) for s in settlements(chosen)]
 
@@ -354,6 +362,27 @@ def _renamed_for_run(data: SimulatedData, run: str) -> SimulatedData:
     )
 
 
+def isolated_run(settings: Settings, run: str) -> tuple[Settings, dict[str, str]]:
+    """Settings (and the same as environment variables for the child processes) with
+    topics, consumer group and feature keys of this run's own. Each demo replays the
+    same simulated days: sharing state with an earlier run would make its decisions
+    redeliveries and put reconciliation's event-time clock weeks ahead of them."""
+    names = settings.kafka.topics.model_dump()
+    topics = settings.kafka.topics.model_copy(update={k: f"{v}.{run}" for k, v in names.items()})
+    app_id = f"{settings.worker.app_id}-{run}"
+    isolated = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"topics": topics}),
+            "worker": settings.worker.model_copy(update={"app_id": app_id}),
+            "features": settings.features.model_copy(update={"key_prefix": run}),
+        }
+    )
+    env = {f"FRAUDSTREAM__KAFKA__TOPICS__{k.upper()}": f"{v}.{run}" for k, v in names.items()}
+    env["FRAUDSTREAM__WORKER__APP_ID"] = app_id
+    env["FRAUDSTREAM__FEATURES__KEY_PREFIX"] = run
+    return isolated, env
+
+
 def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     from fraudstream.devstack import DevStack
 
@@ -363,15 +392,18 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     ensure_engine(settings, data, seed, console)
     info = DevStack(settings.devstack).up()
     console.print(f"Kafka at {info.kafka_bootstrap}, Redis at {info.redis_url}")
+    run = f"r{int(time.time()) % 10**7}"
+    settings, run_env = isolated_run(settings, run)
+    console.print(
+        f"this run's topics end in .{run}; its consumer group is {settings.worker.app_id}"
+    )
     asyncio.run(ensure_topics(settings.kafka))
 
     log_path = Path(settings.devstack.home) / "demo-worker.log"
     auth_log = Path(settings.devstack.home) / "demo-authorize.log"
     console.print(f"starting a worker (log: {log_path}) and the authorization service")
-    run = f"r{int(time.time()) % 10**7}"
     data = _renamed_for_run(data, run)
-    # Each run's features start from an empty history of its own.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FRAUDSTREAM__FEATURES__KEY_PREFIX": run}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **run_env}
     worker = _start("worker", log_path, env)
     authorizer = _start("authorize", auth_log, env)
     try:

@@ -176,7 +176,7 @@ def engine_builder(
             **hooks,
         )
         where = str(bundle_dir) if version is None else f"{settings.mlflow.model_name}/{version}"
-        warm_up(trained.ensemble.layers.values())
+        warm_up([*trained.ensemble.layers.values(), *([engine.rules] if engine.rules else [])])
         return LiveModel(engine, version, where, trained.info)
 
     return build
@@ -216,7 +216,10 @@ def warm_up(layers: Any, rows: int = 8) -> None:
     ]
     batch = ScoringBatch(transactions, transaction_only(transactions))
     for layer in layers:
-        layer.score(batch)
+        try:
+            layer.score(batch)
+        except Exception as exc:  # best effort: e.g. the rules' Redis lists unreachable yet
+            log.warning("warm-up of %s failed (%s); its first batch will be slower", layer, exc)
 
 
 def open_registry(settings: Settings) -> ModelRegistry:
