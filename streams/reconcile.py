@@ -117,7 +117,13 @@ def snapshot_for(partition: int, items: Iterable[tuple[Any, Any]]) -> Snapshot |
         still_open = sum(s.get("status") == "open" for s in states.values())
         meta = {"watermark_ms": 0, "totals": {"open": still_open, "opened": still_open}}
     return snapshot_from_builtins(
-        {"watermark_ms": meta["watermark_ms"], "totals": meta["totals"], "states": states}
+        {
+            "watermark_ms": meta["watermark_ms"],
+            "totals": meta["totals"],
+            "states": states,
+            "authorizations_ms": meta.get("authorizations_ms", 0),
+            "settlements_ms": meta.get("settlements_ms", 0),
+        }
     )
 
 
@@ -222,6 +228,8 @@ def reconcile_batch(
         meta = {
             "p": partition,
             "watermark_ms": reconciler.watermark_ms,
+            "authorizations_ms": reconciler.input_times[0],
+            "settlements_ms": reconciler.input_times[1],
             "totals": to_builtins(reconciler.totals),
         }
         out.table_writes.append(TableWrite(partition, meta_key(partition), meta))

@@ -79,7 +79,9 @@ class Reconciler:
     def __init__(self, config: ReconcileConfig, snapshot: Snapshot | None = None) -> None:
         self._cfg = config
         self._tol = config.tolerance_cents
-        self._wm = 0
+        self._wm = 0  # deadlines fire up to here: the lower of the two inputs' event times
+        self._seen_auth = 0  # latest authorisation event time seen
+        self._seen_stl = 0  # latest settlement time seen
         self._totals = Totals()
         self._states: dict[str, TxState] = {}
         self._timers: list[tuple[int, str]] = []  # (when, transaction id); stale ones skipped
@@ -87,6 +89,8 @@ class Reconciler:
         self._deleted: set[str] = set()
         if snapshot is not None:
             self._wm = snapshot.watermark_ms
+            self._seen_auth = snapshot.authorizations_ms or snapshot.watermark_ms
+            self._seen_stl = snapshot.settlements_ms or snapshot.watermark_ms
             self._totals = snapshot.totals.copy()
             self._states = dict(snapshot.states)
             for state in self._states.values():
@@ -103,6 +107,11 @@ class Reconciler:
         return self._wm
 
     @property
+    def input_times(self) -> tuple[int, int]:
+        """Latest event time seen on (authorisations, settlements), in ms."""
+        return self._seen_auth, self._seen_stl
+
+    @property
     def totals(self) -> Totals:
         return self._totals.copy()
 
@@ -115,7 +124,15 @@ class Reconciler:
     def snapshot(self) -> Snapshot:
         """A deep copy of everything, e.g. to restore a reconciler elsewhere."""
         return snapshot_from_builtins(
-            to_builtins(Snapshot(watermark_ms=self._wm, totals=self._totals, states=self._states))
+            to_builtins(
+                Snapshot(
+                    watermark_ms=self._wm,
+                    totals=self._totals,
+                    states=self._states,
+                    authorizations_ms=self._seen_auth,
+                    settlements_ms=self._seen_stl,
+                )
+            )
         )
 
     def take_changes(self) -> Changes:
@@ -131,7 +148,8 @@ class Reconciler:
 
     def on_authorization(self, a: Authorization) -> Found:
         at = to_ms(a.event_time)
-        self._wm = max(self._wm, at)
+        self._seen_auth = max(self._seen_auth, at)
+        self._move_watermark()
         found: Found = []
         st = self._states.get(a.transaction_id)
         if st is not None and st.auth is not None:
@@ -151,7 +169,8 @@ class Reconciler:
 
     def on_settlement(self, s: Settlement) -> Found:
         at = to_ms(s.settled_at)
-        self._wm = max(self._wm, at)
+        self._seen_stl = max(self._seen_stl, at)
+        self._move_watermark()
         found: Found = []
         st = self._states.get(s.transaction_id)
         if st is None:
@@ -175,9 +194,19 @@ class Reconciler:
         return self._advance(found)
 
     def advance(self, watermark: datetime) -> Found:
-        """Move event time forward (never back) and report what its deadlines reveal."""
-        self._wm = max(self._wm, to_ms(watermark))
+        """Move event time forward on both inputs (never back) and report what its
+        deadlines reveal."""
+        at = to_ms(watermark)
+        self._seen_auth = max(self._seen_auth, at)
+        self._seen_stl = max(self._seen_stl, at)
+        self._move_watermark()
         return self._advance([])
+
+    def _move_watermark(self) -> None:
+        # Deadlines run on the lower of the two inputs' event times: "not settled" needs
+        # the settlements read up to the deadline, "no authorisation" the authorisations.
+        # With the higher one, a backlog on either topic would raise false exceptions.
+        self._wm = max(self._wm, min(self._seen_auth, self._seen_stl))
 
     # --- matching -------------------------------------------------------------------
 
@@ -358,7 +387,8 @@ class Reconciler:
             actual_amount=view.cents / 100 if view else None,
             actual_currency=view.currency if view else None,
             detail=detail[:512],
-            detected_at=from_ms(self._wm),
+            # the latest event time seen on either input: when, in event time, it was known
+            detected_at=from_ms(max(self._wm, self._seen_auth, self._seen_stl)),
         )
 
 

@@ -86,11 +86,15 @@ class Totals(msgspec.Struct, kw_only=True):
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
-    """The whole reconciler: watermark, totals and every remembered payment."""
+    """The whole reconciler: watermarks, totals and every remembered payment."""
 
     watermark_ms: int
     totals: Totals
     states: dict[str, TxState]
+    # Latest event time seen on each input; the deadlines run on the lower of the two.
+    # (0 in a snapshot written before they were kept: the overall watermark is used.)
+    authorizations_ms: int = 0
+    settlements_ms: int = 0
 
 
 def auth_view(a: Authorization) -> AuthView:

@@ -31,7 +31,7 @@ from fraudstream.simulator import (
     expected_discrepancies,
     generate,
 )
-from fraudstream.wire import Authorization, encode
+from fraudstream.wire import Authorization, Settlement, encode
 from streams.replay import messages_from_frame
 from streams.replay import produce as replay_produce
 from streams.topics import ensure_topics
@@ -82,7 +82,7 @@ def settlement_messages(data: SimulatedData) -> list[tuple[bytes | None, bytes]]
 
 
 async def move_watermarks(settings: Settings, after: pd.Timestamp) -> None:
-    """One approved authorisation per partition, far past every deadline and the
+    """One approved and captured payment per partition, far past every deadline and the
     retention: each partition's reconciler reports what it still waits for."""
     config = settings.reconciliation
     at = after.to_pydatetime() + timedelta(days=config.retention_days + 1)
@@ -111,6 +111,23 @@ async def move_watermarks(settings: Settings, after: pd.Timestamp) -> None:
             await producer.send_and_wait(
                 settings.kafka.topics.authorizations,
                 encode(tick),
+                key=tick.card_id.encode(),
+                partition=partition,
+            )
+            # ... and its capture: deadlines run on the lower of the two inputs' times.
+            capture = Settlement(
+                schema_version=1,
+                settlement_id=f"tick-{partition}",
+                transaction_id=tick.transaction_id,
+                card_id=tick.card_id,
+                amount=1.0,
+                currency="EUR",
+                settled_at=at,
+                kind="capture",
+            )
+            await producer.send_and_wait(
+                settings.kafka.topics.settlements,
+                encode(capture),
                 key=tick.card_id.encode(),
                 partition=partition,
             )

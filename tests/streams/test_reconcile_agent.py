@@ -125,8 +125,13 @@ def test_evicted_payments_are_deleted_from_the_table() -> None:
     batch = [as_message(auth("tx-1"), 0, 0), as_message(stl("s-1", "tx-1"), 1, 0)]
     table.apply(reconcile_batch(batch, decoders(), table.reconcilers(), T0).table_writes)
     assert "tx-1" in table.data
-    much_later = stl("s-9", "tx-9", settled_at=T0 + timedelta(days=config_days + 5))
-    writes = reconcile_batch([as_message(much_later, 2, 0)], decoders(), table.reconcilers(), T0)
+    # Event time moves on both inputs (deadlines and eviction run on the lower of the two).
+    later = T0 + timedelta(days=config_days + 5)
+    much_later = [
+        as_message(auth("tx-9", event_time=later, authorized_at=later), 2, 0),
+        as_message(stl("s-9", "tx-9", settled_at=later), 3, 0),
+    ]
+    writes = reconcile_batch(much_later, decoders(), table.reconcilers(), T0)
     assert TableWrite(0, "tx-1", None) in writes.table_writes
     table.apply(writes.table_writes)
     assert "tx-1" not in table.data and "tx-9" in table.data
@@ -301,12 +306,16 @@ async def test_reconciles_on_the_broker_across_a_restart(make_settings: Any, tmp
     try:
         worker.wait_for("Ready", timeout=90)
         await _send(bootstrap, topics.settlements, stls)
-        # One settlement far in the future per partition moves every watermark past
-        # every deadline (it waits for its own authorisation, so reports nothing).
+        # One payment far in the future per partition, authorised and captured, moves
+        # both inputs' event time (deadlines run on the lower) past every deadline; it
+        # matches itself, so it reports nothing.
         future = T0 + timedelta(days=400)
         for p in range(kafka.partitions):
-            sentinel = stl(f"sentinel-{p}", f"sentinel-{p}", settled_at=future)
-            await _send(bootstrap, topics.settlements, [sentinel], partition=p)
+            card = f"sentinel-card-{p}"
+            paid = auth(f"sentinel-{p}", card_id=card, event_time=future, authorized_at=future)
+            captured = stl(f"sentinel-{p}", f"sentinel-{p}", card_id=card, settled_at=future)
+            await _send(bootstrap, topics.authorizations, [paid], partition=p)
+            await _send(bootstrap, topics.settlements, [captured], partition=p)
         received = await consume_until(
             bootstrap,
             [topics.reconciliation_exceptions],
