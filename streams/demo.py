@@ -404,8 +404,11 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
     console.print(f"starting a worker (log: {log_path}) and the authorization service")
     data = _renamed_for_run(data, run)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **run_env}
+    pid_file = Path(settings.devstack.home) / "demo-worker.pid"
+    _stop_previous_worker(pid_file)
     worker = _start("worker", log_path, env)
     authorizer = _start("authorize", auth_log, env)
+    finished = False
     try:
         _wait_for_ready(log_path, worker)
         messages = _demo_messages(data, count)
@@ -420,14 +423,18 @@ def run_demo(settings: Settings, count: int = 500, seed: int = 7) -> None:
                 settings, messages, _settlement_messages(data, messages), console, frauds
             )
         )
+        finished = True
     finally:
-        for proc in (worker, authorizer):
+        # The worker stays up after a good run, so its metrics endpoint can be looked at.
+        stopping = [authorizer] if finished else [worker, authorizer]
+        for proc in stopping:
             proc.terminate()
-        for proc in (worker, authorizer):
+        for proc in stopping:
             proc.wait(30)
+    pid_file.write_text(str(worker.pid))
 
     console.print(summary_table(result, frauds, title="summary"))
-    _print_where_to_look(settings, console)
+    _print_where_to_look(settings, console, worker.pid)
     console.print("The dev stack is still up; stop it with [bold]fraudstream devstack down[/bold].")
 
 
@@ -461,10 +468,33 @@ def summary_table(result: DemoResult, frauds: dict[str, str], title: str) -> Tab
     return table
 
 
-def _print_where_to_look(settings: Settings, console: Console) -> None:
+def _print_where_to_look(settings: Settings, console: Console, worker_pid: int) -> None:
     port = settings.worker.metrics_port
     if port:
-        console.print(f"metrics were served at http://127.0.0.1:{port}/metrics while it ran")
+        console.print(f"metrics: http://127.0.0.1:{port}/metrics")
+    console.print(
+        f"the worker is still running (pid {worker_pid}; the next demo stops it, or "
+        f"[bold]kill {worker_pid}[/bold]); MLflow: [bold]mlflow ui --backend-store-uri "
+        f"{settings.mlflow.tracking_uri}[/bold]"
+    )
+
+
+def _stop_previous_worker(pid_file: Path) -> None:
+    """The worker an earlier demo left running (it holds the metrics port)."""
+    import signal
+
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"fraudstream" in cmdline and b"worker" in cmdline:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
 
 
 def _start(command: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
