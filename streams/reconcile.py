@@ -38,8 +38,9 @@ import faust
 from fraudstream.reconcile import ReconcileConfig, Reconciler, Snapshot, Totals
 from fraudstream.reconcile.state import snapshot_from_builtins, to_builtins
 from fraudstream.settings import TopicSettings
-from fraudstream.wire import Authorization, BatchDecoder, DeadLetter, Settlement, encode
-from fraudstream.wire.schemas import SCHEMA_VERSION, RejectKind
+from fraudstream.wire import Authorization, BatchDecoder, Settlement, encode
+from fraudstream.wire.decode import dead_letter
+from fraudstream.wire.schemas import RejectKind
 from streams.scoring import Outgoing, RawMessage
 
 TABLE_NAME = "reconcile-state"
@@ -163,17 +164,18 @@ class Decoders:
 
 
 def _dead_letter(message: RawMessage, kind: RejectKind, reason: str, now: datetime) -> Outgoing:
-    letter = DeadLetter(
-        schema_version=SCHEMA_VERSION,
-        source_topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        kind=kind,
-        reason=reason[:1024],
-        original=message.value or b"",
-        received_at=now,
+    return Outgoing(
+        message.key,
+        dead_letter(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            kind=kind,
+            reason=reason,
+            original=message.value or b"",
+            received_at=now,
+        ),
     )
-    return Outgoing(message.key, encode(letter))
 
 
 def _decode(

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from fraudstream.wire import BatchDecoder, DeadLetter, Decision, LabelEvent, Transaction, encode
-from fraudstream.wire.decode import Rejected
+from fraudstream.wire import BatchDecoder, Decision, LabelEvent, Transaction, encode
+from fraudstream.wire.decode import Rejected, dead_letter
 from fraudstream.wire.schemas import SCHEMA_VERSION, RejectKind
 
 
@@ -99,17 +99,16 @@ def _dead_letters(
 ) -> None:
     for item in rejected:
         source = messages[item.index]
-        letter = DeadLetter(
-            schema_version=SCHEMA_VERSION,
-            source_topic=source.topic,
+        letter = dead_letter(
+            topic=source.topic,
             partition=source.partition,
             offset=source.offset,
             kind=item.kind,
-            reason=item.reason[:1024],
+            reason=item.reason,
             original=item.raw,
             received_at=now,
         )
-        letters.append(Outgoing(source.key, encode(letter)))
+        letters.append(Outgoing(source.key, letter))
         counts[item.kind] += 1
 
 

@@ -18,7 +18,8 @@ from datetime import datetime
 from fraudstream.authorize.mapping import authorization_for, decision_view
 from fraudstream.authorize.validate import SchemaValidator
 from fraudstream.wire.decode import Rejected, encode
-from fraudstream.wire.schemas import SCHEMA_VERSION, DeadLetter, RejectKind
+from fraudstream.wire.decode import dead_letter as encode_dead_letter
+from fraudstream.wire.schemas import RejectKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +70,18 @@ class RecentIds:
 
 
 def dead_letter(message: Incoming, kind: RejectKind, reason: str, now: datetime) -> Outgoing:
-    letter = DeadLetter(
-        schema_version=SCHEMA_VERSION,
-        source_topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        kind=kind,
-        reason=reason[:1024],
-        original=message.value or b"",
-        received_at=now,
+    return Outgoing(
+        message.key,
+        encode_dead_letter(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            kind=kind,
+            reason=reason,
+            original=message.value or b"",
+            received_at=now,
+        ),
     )
-    return Outgoing(message.key, encode(letter))
 
 
 def authorize_batch(

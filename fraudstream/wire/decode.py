@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import msgspec
 
-from fraudstream.wire.schemas import SCHEMA_VERSION, RejectKind, Transaction
+from fraudstream.wire.schemas import SCHEMA_VERSION, DeadLetter, RejectKind, Transaction
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -120,6 +121,31 @@ def transaction_decoder(
 
 
 _encoder = msgspec.json.Encoder()
+
+
+def dead_letter(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    kind: RejectKind,
+    reason: str,
+    original: bytes,
+    received_at: datetime,
+) -> bytes:
+    """The encoded dead letter for one rejected input: where it came from, why (capped
+    at the schema's 1,024 characters) and its bytes. Every consumer builds them here."""
+    letter = DeadLetter(
+        schema_version=SCHEMA_VERSION,
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
+        kind=kind,
+        reason=reason[:1024],
+        original=original,
+        received_at=received_at,
+    )
+    return _encoder.encode(letter)
 
 
 def encode(message: msgspec.Struct) -> bytes:
