@@ -2,7 +2,8 @@
 
 A payment system must not keep a primary account number in clear in logs, Redis or
 Kafka topics (PCI DSS 3.4). At ingress the whole number is replaced by
-``tok_<hex>`` = HMAC-SHA256(key, digits), truncated to 128 bits: stable, so velocity
+``tok_<32 letters>`` = HMAC-SHA256(key, digits), truncated to 128 bits and written
+with the letters a..p (no digits, so a token never looks like a card number): stable, so velocity
 features still join on it, and useless without the key (a plain hash of a 16-digit
 number with a known BIN is brute-forced in minutes; a keyed one is not). Only a masked
 display form is kept (first 6 and last 4 digits at most, as PCI DSS allows).
@@ -26,6 +27,7 @@ import msgspec
 TOKEN_PREFIX = "tok_"  # noqa: S105 (a label, not a secret)
 _TOKEN_BYTES = 16
 MIN_DIGITS, MAX_DIGITS = 13, 19
+_HEX_AS_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 
 # 13-19 digits, optionally grouped by one space or hyphen, not touching other digits.
 _CANDIDATE = re.compile(rb"(?<![0-9])[0-9](?:[ \-]?[0-9]){12,18}(?![0-9])")
@@ -72,7 +74,9 @@ class PanTokenizer:
         if not is_pan(digits):
             raise ValueError("not a card number (13-19 digits passing the Luhn check)")
         mac = hmac.new(self._key, digits.encode("ascii"), hashlib.sha256).digest()
-        return TOKEN_PREFIX + mac[:_TOKEN_BYTES].hex()
+        # Letters only (each 4 bits as a..p): a hex token can hold a run of 13+ digits
+        # that passes the Luhn check, and would look like a card number to a scanner.
+        return TOKEN_PREFIX + mac[:_TOKEN_BYTES].hex().translate(_HEX_AS_LETTERS)
 
     def scrub(self, data: bytes) -> bytes:
         """``data`` with every card number in it replaced by its token."""

@@ -50,6 +50,7 @@ def test_token_is_stable_keyed_and_hides_the_number(pan: str) -> None:
     assert token == tokens.token(pan)
     assert token.startswith("tok_") and len(token) == 4 + 32
     assert pan not in token
+    assert not any(c.isdigit() for c in token)  # never mistaken for a card number
     assert PanTokenizer(b"x" * 32).token(pan) != token
 
 
