@@ -39,7 +39,7 @@ from fraudstream.reconcile import ReconcileConfig, Reconciler, Snapshot, Totals
 from fraudstream.reconcile.state import snapshot_from_builtins, to_builtins
 from fraudstream.settings import TopicSettings
 from fraudstream.wire import Authorization, BatchDecoder, Settlement, encode
-from fraudstream.wire.decode import dead_letter
+from fraudstream.wire.decode import dead_letter, dead_letter_key
 from fraudstream.wire.schemas import RejectKind
 from streams.scoring import Outgoing, RawMessage
 
@@ -165,7 +165,7 @@ class Decoders:
 
 def _dead_letter(message: RawMessage, kind: RejectKind, reason: str, now: datetime) -> Outgoing:
     return Outgoing(
-        message.key,
+        dead_letter_key(message.key),
         dead_letter(
             topic=message.topic,
             partition=message.partition,

@@ -36,7 +36,7 @@ from models.base import ScoringBatch
 from models.decide import ENGINE_ERROR_REASON, Deadline, default_decisions
 from streams.hotswap import LiveModel, ModelSet, Swap
 from streams.rollout import RolloutPlan, canary_mask
-from streams.scoring import Outgoing
+from streams.scoring import Outgoing, wait_for_straggler
 
 
 class Rollout(Protocol):
@@ -177,8 +177,7 @@ class RoutedDecider:
     async def decide_routed(self, transactions: Sequence[Transaction], now: datetime) -> Routed:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.timeout_s
-        if self._late is not None:  # the previous batch's champion ran late: wait for it
-            await asyncio.wait({self._late})
+        if self._late is not None and not await wait_for_straggler(self._late, self.timeout_s):
             self._late = None
         swaps = self.models.swap_in()  # between batches, and only here
         if swaps:

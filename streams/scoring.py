@@ -13,10 +13,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from fraudstream.wire import BatchDecoder, Decision, LabelEvent, Transaction, encode
-from fraudstream.wire.decode import Rejected, dead_letter
+from fraudstream.wire.decode import Rejected, dead_letter, dead_letter_key
 from fraudstream.wire.schemas import SCHEMA_VERSION, RejectKind
 
 
@@ -108,7 +108,7 @@ def _dead_letters(
             original=item.raw,
             received_at=now,
         )
-        letters.append(Outgoing(source.key, letter))
+        letters.append(Outgoing(dead_letter_key(source.key), letter))
         counts[item.kind] += 1
 
 
@@ -161,13 +161,33 @@ class BatchDecider(Protocol):
         ...
 
 
+# How much of a batch's time budget it waits for the previous batch's engine call
+# when that one ran past its own deadline.
+STRAGGLER_WAIT_SHARE = 0.5
+
+
+async def wait_for_straggler(late: asyncio.Future[Any], timeout_s: float) -> bool:
+    """Wait for ``late`` (the previous batch's engine call, past its deadline) at most
+    half of this batch's budget; whether it is still running.
+
+    Usually it finishes within that, and batches go through the engine one at a time.
+    One that is still running is stuck in a layer that hangs: this batch then runs
+    beside it rather than miss its own deadline too. That is safe because a call past
+    its deadline only finishes its current layer and then returns defaults that
+    nobody reads, and the hung layer's breaker counts the call still in flight as a
+    failure at its next admission check, so it opens and later batches skip the layer
+    (degraded decisions with the fallback thresholds) instead of hanging with it."""
+    await asyncio.wait({late}, timeout=timeout_s * STRAGGLER_WAIT_SHARE)
+    return not late.done()
+
+
 class DeadlineDecider:
     """Runs a blocking pipeline in a worker thread, under a deadline.
 
     A CPU-bound layer cannot be interrupted, so when ``timeout_s`` passes the caller gets
     ``fallback(..., timed_out=True)`` at once and the late thread is left to finish (the
     engine's own :class:`models.decide.Deadline` makes it stop early); the next call
-    waits for it first, so two batches never run through the engine at the same time.
+    waits for it first, up to half its own budget (:func:`wait_for_straggler`).
     A pipeline that raises gets ``fallback(..., timed_out=False)`` and the error is
     reported through ``on_error``: input must never stop the stream.
     """
@@ -189,8 +209,7 @@ class DeadlineDecider:
     async def decide(self, transactions: Sequence[Transaction], now: datetime) -> list[Decision]:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.timeout_s
-        if self._late is not None:
-            await asyncio.wait({self._late})
+        if self._late is not None and not await wait_for_straggler(self._late, self.timeout_s):
             self._late = None
         remaining = give_up_at - loop.time()
         if remaining <= 0:

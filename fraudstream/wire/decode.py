@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
+from fraudstream.wire.pan import letters_digest, mask_pans
 from fraudstream.wire.schemas import SCHEMA_VERSION, DeadLetter, RejectKind, Transaction
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -122,6 +123,10 @@ def transaction_decoder(
 
 _encoder = msgspec.json.Encoder()
 
+# The most of a rejected input a dead letter carries (base64: ~342 KiB of JSON, well
+# under Kafka's default 1 MiB message limit).
+ORIGINAL_KEPT_BYTES = 256 * 1024
+
 
 def dead_letter(
     *,
@@ -134,7 +139,15 @@ def dead_letter(
     received_at: datetime,
 ) -> bytes:
     """The encoded dead letter for one rejected input: where it came from, why (capped
-    at the schema's 1,024 characters) and its bytes. Every consumer builds them here."""
+    at the schema's 1,024 characters) and its bytes. Every consumer builds them here.
+
+    Any card number still in the bytes is masked first (the scoring agent's ingress has
+    already tokenized those of transactions; other topics' inputs come here raw). An
+    input over :data:`ORIGINAL_KEPT_BYTES` keeps its head, its size and its SHA-256:
+    inlined whole (base64, a third larger) it could exceed the broker's message size,
+    and a dead letter that cannot be produced would stop the stream on one message."""
+    original = mask_pans(original)
+    truncated = len(original) > ORIGINAL_KEPT_BYTES
     letter = DeadLetter(
         schema_version=SCHEMA_VERSION,
         source_topic=topic,
@@ -142,10 +155,19 @@ def dead_letter(
         offset=offset,
         kind=kind,
         reason=reason[:1024],
-        original=original,
+        original=original[:ORIGINAL_KEPT_BYTES],
         received_at=received_at,
+        original_truncated=truncated,
+        original_size=len(original) if truncated else None,
+        original_sha256=letters_digest(original) if truncated else None,
     )
     return _encoder.encode(letter)
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The key a dead letter is produced with: its input's, card numbers masked (an
+    upstream keyed by card number must not see it in clear on the dead-letter topic)."""
+    return None if key is None else mask_pans(key)
 
 
 def encode(message: msgspec.Struct) -> bytes:

@@ -107,8 +107,15 @@ class DeadLetter(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     offset: int
     kind: RejectKind
     reason: Annotated[str, msgspec.Meta(max_length=1024)]
-    original: bytes  # base64 in JSON
+    original: bytes  # base64 in JSON; the first ORIGINAL_KEPT_BYTES when larger
     received_at: EventTime
+    # A larger input keeps only its head here (a dead letter must fit in a Kafka message):
+    # its full size and SHA-256 (hex written with the letters a..p, see
+    # fraudstream.wire.pan.letters_digest) say which one it was; the whole message stays
+    # on its source topic at (partition, offset) for the topic's retention.
+    original_truncated: bool = False
+    original_size: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    original_sha256: Annotated[str, msgspec.Meta(pattern="^[a-p]{64}$")] | None = None
 
 
 LabelSource = Literal["chargeback", "investigator"]

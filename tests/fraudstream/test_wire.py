@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraudstream.wire import Transaction, encode, transaction_decoder
+from fraudstream.wire.decode import ORIGINAL_KEPT_BYTES, dead_letter, dead_letter_key
 from fraudstream.wire.jsonschema import SCHEMA_DIR, schema_for, stale_schemas
+from fraudstream.wire.pan import find_pans, letters_digest
 
 
 def tx_dict(**overrides: Any) -> dict[str, Any]:
@@ -163,3 +167,55 @@ def test_decision_schema_is_what_decisions_encode_to() -> None:
     tx = msgspec.json.decode(raw(), type=Transaction)
     (decision,) = PlaceholderPipeline().decide([tx], datetime(2025, 3, 1, 12, 0, 1, tzinfo=UTC))
     fastjsonschema.compile(schema_for("decisions"))(json.loads(encode(decision)))
+
+
+@pytest.mark.parametrize("size", [10, ORIGINAL_KEPT_BYTES, ORIGINAL_KEPT_BYTES + 1, 1_000_000])
+def test_a_dead_letter_keeps_a_large_original_as_head_size_and_digest(size: int) -> None:
+    original = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    letter = json.loads(
+        dead_letter(
+            topic="t",
+            partition=2,
+            offset=9,
+            kind="oversize",
+            reason="too big",
+            original=original,
+            received_at=datetime(2025, 1, 1, tzinfo=UTC),
+        )
+    )
+    kept = base64.b64decode(letter["original"])
+    if size <= ORIGINAL_KEPT_BYTES:
+        assert kept == original and not letter["original_truncated"]
+        assert letter["original_size"] is None and letter["original_sha256"] is None
+    else:
+        # Fits in a Kafka message whatever the input's size; says which input it was.
+        assert kept == original[:ORIGINAL_KEPT_BYTES] and letter["original_truncated"]
+        assert letter["original_size"] == size
+        assert letter["original_sha256"] == letters_digest(original)
+        assert (
+            letters_digest(original).translate(
+                str.maketrans("abcdefghijklmnop", "0123456789abcdef")
+            )
+            == hashlib.sha256(original).hexdigest()
+        )
+    assert (letter["partition"], letter["offset"]) == (2, 9)
+
+
+def test_a_dead_letter_masks_card_numbers_in_its_original_and_key() -> None:
+    original = b'{"note": "card 4111 1111 1111 1111 and 5500-0000-0000-0004"}'
+    letter = json.loads(
+        dead_letter(
+            topic="settlements",
+            partition=0,
+            offset=1,
+            kind="schema_violation",
+            reason="r",
+            original=original,
+            received_at=datetime(2025, 1, 1, tzinfo=UTC),
+        )
+    )
+    kept = base64.b64decode(letter["original"])
+    assert find_pans(original) and not find_pans(kept)
+    assert b"411111******1111" in kept and b"550000******0004" in kept
+    assert dead_letter_key(b"4111111111111111") == b"411111******1111"
+    assert dead_letter_key(b"card-7") == b"card-7" and dead_letter_key(None) is None
