@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from models.rules import (
     parse_rules,
 )
 from models.rules.language import ALLOWED_FUNCTIONS
+from tests.code_watch import CodeWatch, seen
 from tests.models.factories_rules import RULE_FEATURES, batches, make_tx, rule_batch
 
 SENTINEL = Path(tempfile.gettempdir()) / f"fraudstream-rule-fuzz-{np.random.SeedSequence().entropy}"
@@ -42,41 +42,6 @@ BATCH = rule_batch(
     [make_tx(i, amount=float(10 * i), channel=["pos", "ecom", None][i % 3]) for i in range(7)],
     [[float(i), np.nan if i % 2 else 2.0] for i in range(7)],
 )
-
-# --- watching for code execution ---------------------------------------------------------
-
-_WATCHED = (
-    "exec",
-    "compile",
-    "os.system",
-    "subprocess.Popen",
-    "os.exec",
-    "os.posix_spawn",
-    "os.spawn",
-    "os.fork",
-    "os.forkpty",
-    "ctypes.dlopen",
-    "builtins.input",
-)
-_watching = {"on": False}
-_seen: list[tuple[str, str]] = []
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if _watching["on"] and event.startswith(_WATCHED):
-        _seen.append((event, repr(args)[:200]))
-
-
-sys.addaudithook(_audit)  # hooks cannot be removed; this one is inert unless watching
-
-
-class _Watch:
-    def __enter__(self) -> None:
-        _seen.clear()
-        _watching["on"] = True
-
-    def __exit__(self, *exc: object) -> None:
-        _watching["on"] = False
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,9 +55,9 @@ def _warm_up_and_check_sentinel() -> Iterator[None]:
 
 def test_the_watch_sees_code_execution() -> None:
     # The hook must catch what it is there to catch, or the fuzz tests prove nothing.
-    with _Watch():
+    with CodeWatch():
         eval("1 + 1")
-    assert any(event == "exec" for event, _ in _seen)
+    assert any(event == "exec" for event, _ in seen)
 
 
 # --- expression strategies ---------------------------------------------------------------
@@ -271,7 +236,7 @@ expressions = st.one_of(
 
 
 def _compile_watched(text: str, open_features: bool) -> Any:
-    with _Watch():
+    with CodeWatch():
         try:
             compiled = compile_expression(text, COLUMNS, open_features=open_features)
         except ExpressionRejected:
@@ -282,7 +247,7 @@ def _compile_watched(text: str, open_features: bool) -> Any:
                 _toml([{"when": text}]), "fuzz", None if open_features else RULE_FEATURES
             )
             hits = evaluate(rules, BATCH).hits
-    assert _seen == [], f"{text!r} triggered {_seen}"
+    assert seen == [], f"{text!r} triggered {seen}"
     return compiled, hits
 
 
@@ -387,17 +352,17 @@ def test_any_rule_file_is_rejected_with_a_rule_file_error_or_loads(
     rules: list[dict[str, Any]],
 ) -> None:
     text = _toml(rules)
-    with _Watch():
+    with CodeWatch():
         try:
             parse_rules(text, "fuzz.toml", RULE_FEATURES)
         except RuleFileError as error:
             assert error.source == "fuzz.toml" and error.reason
-    assert _seen == []
+    assert seen == []
 
 
 @settings(max_examples=150, deadline=None)
 @given(text=st.text(max_size=300))
 def test_any_text_as_a_rule_file_is_rejected_or_loads(text: str) -> None:
-    with _Watch(), contextlib.suppress(RuleFileError):
+    with CodeWatch(), contextlib.suppress(RuleFileError):
         parse_rules(text, "fuzz.toml", RULE_FEATURES)
-    assert _seen == []
+    assert seen == []
