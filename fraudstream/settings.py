@@ -85,12 +85,23 @@ class RedisSettings(_Section):
     password: SecretStr | None = None
     socket_timeout_ms: float = Field(default=50.0, gt=0)
     connect_timeout_ms: float = Field(default=200.0, gt=0)
+    # TLS (a rediss:// url): the CA that signed the server's certificate (default: the
+    # system's), a client certificate and key where the server asks for one (mutual
+    # TLS), and whether the server's name must match its certificate.
     ssl_ca_certs: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
 
     @model_validator(mode="after")
     def _url_scheme(self) -> RedisSettings:
         if not re.match(r"^(redis|rediss|unix)://", self.url):
             raise ValueError("url must start with redis://, rediss:// or unix://")
+        tls_files = (self.ssl_ca_certs, self.ssl_certfile, self.ssl_keyfile)
+        if any(f is not None for f in tls_files) and not self.url.startswith("rediss://"):
+            raise ValueError("ssl_ca_certs, ssl_certfile and ssl_keyfile need a rediss:// url")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile")
         return self
 
 
@@ -281,6 +292,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "-", f"cannot read file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "-", f"not UTF-8 text: {exc.reason}") from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -120,8 +120,16 @@ def redis_client(settings: Settings) -> Any:
         extra["username"] = settings.redis.username
     if settings.redis.password is not None:
         extra["password"] = settings.redis.password.get_secret_value()
-    if settings.redis.ssl_ca_certs is not None:
-        extra["ssl_ca_certs"] = str(settings.redis.ssl_ca_certs)
+    tls = settings.redis
+    if tls.url.startswith("rediss://"):  # a plain connection takes no TLS arguments
+        files = {
+            "ssl_ca_certs": tls.ssl_ca_certs,
+            "ssl_certfile": tls.ssl_certfile,
+            "ssl_keyfile": tls.ssl_keyfile,
+        }
+        extra.update({name: str(path) for name, path in files.items() if path is not None})
+        extra["ssl_cert_reqs"] = "required"
+        extra["ssl_check_hostname"] = tls.ssl_check_hostname
     return redis_client_for(
         settings.redis.url,
         timeout_ms=settings.redis.socket_timeout_ms,

@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fraudstream.devstack import procs
 from fraudstream.errors import ServiceStartError, ToolMissingError
@@ -118,7 +119,11 @@ def java_binary() -> str:
     return java
 
 
-def server_properties(s: DevstackSettings, data_dir: Path) -> str:
+def server_properties(
+    s: DevstackSettings, data_dir: Path, extra: Mapping[str, str] | None = None
+) -> str:
+    """The broker's ``server.properties``; ``extra`` adds or replaces entries (the
+    security tests run a broker of their own with a SASL_SSL listener this way)."""
     h = s.host
     lines = {
         "process.roles": "broker,controller",
@@ -146,6 +151,7 @@ def server_properties(s: DevstackSettings, data_dir: Path) -> str:
         "broker.heartbeat.interval.ms": "500",
         "broker.session.timeout.ms": "2500",
     }
+    lines.update(extra or {})
     head = "# Written by `fraudstream devstack up` on every start; edit [devstack] instead.\n"
     return head + "".join(f"{k}={v}\n" for k, v in lines.items())
 
@@ -153,8 +159,9 @@ def server_properties(s: DevstackSettings, data_dir: Path) -> str:
 def _storage_tool(java: str, lib: Path, *args: str, log: Path) -> str:
     argv = [java, "-cp", f"{lib}/*", "kafka.tools.StorageTool", *args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    shown = re.sub(r"password=[^,\]]*", "password=***", " ".join(argv))  # --add-scram
     with log.open("a", encoding="utf-8") as out:
-        out.write(f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}\n")
+        out.write(f"$ {shown}\n{done.stdout}{done.stderr}\n")
     if done.returncode != 0:
         raise ServiceStartError(
             "kafka", f"StorageTool {args[0]} failed:\n{procs.log_tail(log)}", log
@@ -162,13 +169,25 @@ def _storage_tool(java: str, lib: Path, *args: str, log: Path) -> str:
     return done.stdout
 
 
-def format_storage(java: str, lib: Path, properties: Path, data_dir: Path, log: Path) -> bool:
-    """Format the KRaft storage unless it already is; returns whether it formatted."""
+def format_storage(
+    java: str,
+    lib: Path,
+    properties: Path,
+    data_dir: Path,
+    log: Path,
+    *,
+    extra_args: Sequence[str] = (),
+) -> bool:
+    """Format the KRaft storage unless it already is; returns whether it formatted.
+    ``extra_args`` go to ``StorageTool format`` (e.g. ``--add-scram`` to create SCRAM
+    users before the first start)."""
     if (data_dir / "meta.properties").exists():
         return False
     data_dir.mkdir(parents=True, exist_ok=True)
     cluster_id = _storage_tool(java, lib, "random-uuid", log=log).strip().splitlines()[-1]
-    _storage_tool(java, lib, "format", "-t", cluster_id, "-c", str(properties), log=log)
+    _storage_tool(
+        java, lib, "format", "-t", cluster_id, "-c", str(properties), *extra_args, log=log
+    )
     return True
 
 
@@ -201,15 +220,19 @@ def _quiet_aiokafka() -> Iterator[None]:
         logger.setLevel(level)
 
 
-async def round_trip(bootstrap: str, timeout_s: float) -> None:
-    """Create the readiness topic (if needed) and send one message through it."""
+async def round_trip(
+    bootstrap: str, timeout_s: float, client: Mapping[str, Any] | None = None
+) -> None:
+    """Create the readiness topic (if needed) and send one message through it.
+    ``client``: more aiokafka arguments (security protocol, SSL context, SASL)."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     ms = max(1000, int(timeout_s * 1000))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ms)
+    more = dict(client or {})
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ms, **more)
     await admin.start()
     try:
         response = await admin.create_topics([NewTopic(READY_TOPIC, 1, 1)], timeout_ms=ms)
@@ -219,14 +242,16 @@ async def round_trip(bootstrap: str, timeout_s: float) -> None:
     finally:
         await admin.close()
     token = uuid.uuid4().hex.encode()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=ms)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", request_timeout_ms=ms, **more
+    )
     await producer.start()
     try:
         sent = await producer.send_and_wait(READY_TOPIC, token)
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=ms
+        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=ms, **more
     )
     await consumer.start()
     try:
@@ -240,9 +265,16 @@ async def round_trip(bootstrap: str, timeout_s: float) -> None:
         await consumer.stop()
 
 
-def wait_ready(bootstrap: str, pid: int, log: Path, timeout_s: float) -> None:
+def wait_ready(
+    bootstrap: str,
+    pid: int,
+    log: Path,
+    timeout_s: float,
+    *,
+    client: Mapping[str, Any] | None = None,
+) -> None:
     """Return once a message round-trips through the broker; raise ServiceStartError when
-    the broker exits or ``timeout_s`` passes first."""
+    the broker exits or ``timeout_s`` passes first. ``client``: as for :func:`round_trip`."""
     left = procs.monotonic_deadline(timeout_s)
     last_error = "no answer yet"
     with _quiet_aiokafka():
@@ -253,7 +285,7 @@ def wait_ready(bootstrap: str, pid: int, log: Path, timeout_s: float) -> None:
                     "kafka", f"the broker exited with status {code}:\n{procs.log_tail(log)}", log
                 )
             try:
-                procs.run_sync(lambda: round_trip(bootstrap, min(10.0, max(1.0, left()))))
+                procs.run_sync(lambda: round_trip(bootstrap, min(10.0, max(1.0, left())), client))
                 return
             except Exception as exc:  # any failure just means "not ready yet"
                 last_error = f"{type(exc).__name__}: {exc}"

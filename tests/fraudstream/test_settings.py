@@ -185,3 +185,24 @@ def test_model_source_and_rollout_settings_load_and_are_checked(tmp_path: Path) 
     with pytest.raises(ConfigError) as one:
         load_settings(None, {"FRAUDSTREAM__MODELS__SOURCE": "s3"})
     assert one.value.key == "models.source"
+
+
+def test_redis_tls_settings_load_and_need_a_rediss_url(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[redis]\nurl = "rediss://r:6380/0"\nssl_ca_certs = "/ca.pem"\n'
+        'ssl_certfile = "/c.pem"\nssl_keyfile = "/c.key"\nssl_check_hostname = false\n',
+    )
+    redis = load_settings(path, {}).redis
+    assert (redis.ssl_ca_certs, redis.ssl_certfile, redis.ssl_keyfile) == (
+        Path("/ca.pem"),
+        Path("/c.pem"),
+        Path("/c.key"),
+    )
+    assert redis.ssl_check_hostname is False
+    assert load_settings(None, {}).redis.ssl_check_hostname is True  # verified by default
+    plain = write(tmp_path, '[redis]\nurl = "redis://r:6379/0"\nssl_ca_certs = "/ca.pem"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(plain, {})
+    assert info.value.key == "redis" and "rediss://" in info.value.reason
+    assert info.value.line == 1
