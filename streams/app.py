@@ -9,6 +9,7 @@ from typing import Any
 import faust
 
 from fraudstream.settings import Settings
+from streams.commit_guard import CommitGuardTransport
 from streams.kafka_config import faust_credentials
 
 
@@ -20,10 +21,18 @@ class EngineTopics:
     labels: Any
 
 
+class EngineApp(faust.App):
+    """A Faust app whose consumer never commits past an unprocessed message
+    (:mod:`streams.commit_guard` says why Faust's own can)."""
+
+    def _new_transport(self) -> Any:
+        return CommitGuardTransport(self.conf.broker_consumer, self)
+
+
 def create_app(settings: Settings) -> faust.App:
     kafka = settings.kafka
     worker = settings.worker
-    return faust.App(
+    return EngineApp(
         worker.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
         broker_credentials=faust_credentials(kafka),
@@ -39,6 +48,12 @@ def create_app(settings: Settings) -> faust.App:
         # A worker that dies is replaced after this long, not Faust's default minute:
         # its partitions (and their decisions) wait for the session to expire.
         broker_session_timeout=10.0,
+        # No standby table replicas: Faust's standby recovery crashes the worker when a
+        # changelog partition holds no records (faust-streaming issue 597, "Offset must
+        # be a positive integer", seen here when workers were killed mid-replay). A
+        # partition that moves is recovered from its changelog instead (slower failover,
+        # bounded by the dedupe retention).
+        table_standby_replicas=0,
         broker_heartbeat_interval=3.0,
         web_enabled=False,
         autodiscover=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -143,3 +144,62 @@ async def consume_until(
 
 def run(coro: Any) -> Any:
     return asyncio.get_event_loop().run_until_complete(coro)
+
+
+class TopicTail:
+    """Reads ``topics`` from the beginning in the background while a test goes on, so
+    the test can wait for progress (``await tail.wait(lambda got: ...)``) and read
+    everything received at the end. Values are decoded JSON, kept in arrival order."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.bootstrap = bootstrap
+        self.received: dict[str, list[Any]] = {t: [] for t in topics}
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> TopicTail:
+        self._consumer = AIOKafkaConsumer(
+            *self.received,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
+        await self._consumer.start()
+        self._task = asyncio.ensure_future(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for tp, records in batches.items():
+                self.received[tp.topic].extend(json.loads(r.value) for r in records)
+
+    def count(self, topic: str) -> int:
+        return len(self.received[topic])
+
+    async def wait(
+        self, done: Callable[[dict[str, list[Any]]], bool], timeout: float, what: str = ""
+    ) -> None:
+        """Returns once ``done(received)``; raises TimeoutError naming ``what`` and the
+        counts so far after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not done(self.received):
+            if self._task is not None and self._task.done():
+                self._task.result()  # the reader failed: say why
+            if time.monotonic() > deadline:
+                counts = {t: len(v) for t, v in self.received.items()}
+                raise TimeoutError(f"{what or 'condition'} not reached in {timeout}s: {counts}")
+            await asyncio.sleep(0.25)
+
+    async def stop(self, settle_s: float = 2.0) -> dict[str, list[Any]]:
+        """Keeps reading ``settle_s`` more seconds (a late duplicate would still be
+        seen), then stops; everything received."""
+        await asyncio.sleep(settle_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        return self.received
