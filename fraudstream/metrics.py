@@ -144,6 +144,18 @@ class EngineMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.consumer_rewinds = Gauge(
+            "fraudstream_consumer_rewinds",
+            "Times this worker read a partition again from a message Faust skipped "
+            "(streams.commit_guard), since start.",
+            registry=r,
+        )
+        self.consumer_uncounted_acks = Gauge(
+            "fraudstream_consumer_uncounted_acks",
+            "Acknowledgements of messages skipped around rebalances, not committed "
+            "(streams.commit_guard), since start.",
+            registry=r,
+        )
         self.score_psi = Gauge(
             "fraudstream_score_psi",
             "Population stability index of the recent scores against the training scores.",
@@ -251,6 +263,10 @@ class PrometheusStreamHooks:
     def deduplicated(self, hits: int, remembered: int) -> None:
         self._m.dedupe_hits.inc(hits)
         self._m.dedupe_remembered.set(remembered)
+
+    def commit_guard(self, rewinds: int, uncounted_acks: int) -> None:
+        self._m.consumer_rewinds.set(rewinds)
+        self._m.consumer_uncounted_acks.set(uncounted_acks)
 
     def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
         """The lag of every partition assigned now (the others' series are dropped)."""

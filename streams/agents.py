@@ -78,6 +78,8 @@ class ScoringObserver(Protocol):
 
     def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None: ...
 
+    def commit_guard(self, rewinds: int, uncounted_acks: int) -> None: ...
+
 
 def partition_lags(
     assigned: Collection[tuple[str, int]],
@@ -274,6 +276,11 @@ def _register_lag_report(
             return None if value is None else int(value)
 
         observer.consumer_lag(partition_lags(by_pair, highwater, committed, topic_names))
+        # What streams.commit_guard did about messages Faust would have committed unread.
+        observer.commit_guard(
+            int(getattr(consumer, "rewinds_total", 0)),
+            int(getattr(consumer, "uncounted_acks", 0)),
+        )
 
     app.timer(interval_s, name="consumer-lag")(report_lag)
 

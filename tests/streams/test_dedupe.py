@@ -272,6 +272,9 @@ class Observed:
     def consumer_lag(self, lags: Any) -> None:
         return None
 
+    def commit_guard(self, rewinds: int, uncounted_acks: int) -> None:
+        return None
+
 
 def make_step(
     log: list[tuple[str, Any]], pipeline: CountingPipeline, clock: Clock
