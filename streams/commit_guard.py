@@ -28,8 +28,9 @@ by whoever owns its partition next), never takes a jump for records that do not 
 and refuses to commit past a hole: it seeks the partition back to the first missing
 offset and reads it again (the messages after it come again too; the dedupe table
 re-emits their decisions: at-least-once, never a second decision). A hole still there
-after :data:`CONFIRM_REWINDS` reads is real (an upstream's transaction markers) and is
-committed past, with a warning.
+after :data:`CONFIRM_REWINDS` completed reads and :data:`CONFIRM_GRACE_S` after the last
+is real (an upstream's transaction markers: each costs its partition's commits about a
+minute) and is committed past, with a warning.
 
 Only these checks and the seek are ours; everything else is Faust's consumer.
 """
@@ -49,11 +50,15 @@ from mode.utils.futures import notify
 
 log = logging.getLogger(__name__)
 
-# A seek back is repeated if the message is still missing this long after the last one
-# (the fetch loop can lose it again while a rebalance is still settling).
-RETRY_REWIND_S = 5.0
-# Reads of the same hole after which its offsets are taken as records that do not exist.
+# A read of a hole is repeated if it is still missing this long after the last read
+# completed (the fetch loop can lose records again while a rebalance settles, and what
+# was read waits behind the stream's buffer before it is processed).
+RETRY_REWIND_S = 10.0
+# Completed reads of the same hole, and the time after the last one, after which its
+# offsets are taken for records that do not exist (the stream's buffer of ~4,000
+# messages is processed well within it).
 CONFIRM_REWINDS = 3
+CONFIRM_GRACE_S = 30.0
 # How long a paused partition's already-fetched records are given to drain (the fetch
 # loop asks for records every second) before the seek back.
 SETTLE_STEP_S = 1.2
@@ -64,8 +69,9 @@ SETTLE_MAX_S = 6.0
 class _Hole:
     start: int  # first missing offset (the committed position)
     end: int  # first offset processed after it
-    rewinds: int
-    last_s: float
+    reads: int = 0  # reads of it completed (seek done)
+    last_read_s: float = 0.0  # when the last one completed
+    reading: bool = False  # a read is under way
 
 
 class CommitGuardConsumer(aiokafka_driver.Consumer):
@@ -142,26 +148,29 @@ class CommitGuardConsumer(aiokafka_driver.Consumer):
         task.add_done_callback(self._rewind_tasks.discard)
 
     def _confirmed(self, tp: Any, start: int, end: int) -> bool:
-        """Whether the hole [start, end) survived enough reads to be real; if not, and
-        no read of it is under way, start one."""
+        """Whether the hole [start, end) survived enough completed reads, and time after
+        the last for what it read to be processed, to be real; if not, and no read of it
+        is under way, start one."""
         now = time.monotonic()
         hole = self._holes.get(tp)
         if hole is None or (hole.start, hole.end) != (start, end):
-            hole = self._holes[tp] = _Hole(start, end, 0, -RETRY_REWIND_S)
-        if hole.rewinds >= CONFIRM_REWINDS:
+            hole = self._holes[tp] = _Hole(start, end)
+        if hole.reading:
+            return False
+        since = now - hole.last_read_s
+        if hole.reads >= CONFIRM_REWINDS and since >= CONFIRM_GRACE_S:
             log.warning(
                 "%s: offsets %d..%d are still missing after %d reads; taking them for "
                 "records that do not exist (transaction markers?) and committing past them",
                 tp,
                 start,
                 end - 1,
-                hole.rewinds,
+                hole.reads,
             )
             del self._holes[tp]
             return True
-        if now - hole.last_s >= RETRY_REWIND_S:
-            hole.rewinds += 1
-            hole.last_s = now
+        if hole.reads < CONFIRM_REWINDS and (hole.reads == 0 or since >= RETRY_REWIND_S):
+            hole.reading = True
             self.rewinds_total += 1
             log.warning(
                 "%s: offsets %d..%d were never processed but later ones were; not "
@@ -171,10 +180,18 @@ class CommitGuardConsumer(aiokafka_driver.Consumer):
                 end - 1,
                 start,
             )
-            task = asyncio.ensure_future(self._seek_back(tp, start))
+            task = asyncio.ensure_future(self._read_again(tp, hole))
             self._rewind_tasks.add(task)
             task.add_done_callback(self._rewind_tasks.discard)
         return False
+
+    async def _read_again(self, tp: Any, hole: _Hole) -> None:
+        try:
+            await self._seek_back(tp, hole.start)
+        finally:
+            hole.reads += 1
+            hole.last_read_s = time.monotonic()
+            hole.reading = False
 
     async def _seek_back(self, tp: Any, offset: int) -> None:
         """Read ``tp`` again from ``offset``. The partition is paused first and its

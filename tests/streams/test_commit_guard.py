@@ -111,6 +111,7 @@ async def test_a_hole_that_stays_after_several_reads_is_committed_past(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(commit_guard, "RETRY_REWIND_S", 0.0)
+    monkeypatch.setattr(commit_guard, "CONFIRM_GRACE_S", 0.0)
     consumer, seeks = bare_consumer()
     consumer._committed_offset[TP] = 10
     ack(consumer, 12, 13)  # 10 and 11: transaction markers, say
@@ -167,3 +168,20 @@ async def test_without_a_commit_yet_the_partition_must_start_at_its_first_offset
     assert seeks == [0]
     ack(consumer, 0, 1, 2)
     assert consumer._new_offset(TP) == 5
+
+
+async def test_a_hole_is_not_given_up_before_its_last_read_had_time_to_be_processed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(commit_guard, "RETRY_REWIND_S", 0.0)
+    consumer, seeks = bare_consumer()
+    consumer._committed_offset[TP] = 10
+    ack(consumer, 12, 13)
+    for _ in range(commit_guard.CONFIRM_REWINDS + 2):
+        assert consumer._new_offset(TP) is None
+        await rewinds_done(consumer)
+    # Three reads done, but the last one only just now: what it read may still be
+    # waiting in the stream's buffer.
+    assert seeks == [10] * commit_guard.CONFIRM_REWINDS
+    ack(consumer, 10, 11)  # ... and it was
+    assert consumer._new_offset(TP) == 14
