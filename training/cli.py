@@ -181,10 +181,26 @@ def evaluate(
     delay_days: Annotated[int, typer.Option(help="simulated: delay days.")] = 7,
     test_days: Annotated[int, typer.Option(help="simulated: test days.")] = 7,
     warmup_days: Annotated[int, typer.Option(help="simulated: warm-up days.")] = 14,
+    cross_fit_blocks: Annotated[
+        int | None,
+        typer.Option(
+            help="Cross-fit the training week in this many time blocks (0: layers / meta "
+            "split by --layers-days). Default: handbook 3, simulated 0."
+        ),
+    ] = None,
+    cross_fit_scheme: Annotated[
+        str, typer.Option(help="Cross-fit blocks: forward (earlier blocks) or blocked (others).")
+    ] = "forward",
 ) -> None:
     """Ablation of the engine on the handbook's prequential folds or on a simulation."""
     from fraudstream.settings import PROJECT_ROOT
-    from training.evaluate_protocols import SimulatedProtocol, run_handbook, run_simulated
+    from training.crossfit import CrossFitParams
+    from training.evaluate_protocols import (
+        HANDBOOK_CROSS_FIT,
+        SimulatedProtocol,
+        run_handbook,
+        run_simulated,
+    )
     from training.evaluate_report import markdown, rich_tables
 
     settings = _settings(ctx)
@@ -192,6 +208,15 @@ def evaluate(
         raise typer.BadParameter("expected handbook or simulated", param_hint="--protocol")
     if folds not in ("test", "validation"):
         raise typer.BadParameter("expected test or validation", param_hint="--folds")
+    if cross_fit_scheme not in ("forward", "blocked"):
+        raise typer.BadParameter("expected forward or blocked", param_hint="--cross-fit-scheme")
+    if cross_fit_blocks is None:
+        cross = HANDBOOK_CROSS_FIT if protocol == "handbook" else CrossFitParams()
+    else:
+        cross = CrossFitParams(
+            blocks=cross_fit_blocks,
+            scheme="forward" if cross_fit_scheme == "forward" else "blocked",
+        )
     rules = settings.scoring.rules_file
     path = settings.data.handbook_path
     if protocol == "handbook" and not path.is_file():
@@ -206,6 +231,7 @@ def evaluate(
                 n_folds=n_folds or 4,
                 layers_days=layers_days,
                 threads=threads,
+                cross_fit=cross,
                 say=say,
             )
         else:
@@ -221,7 +247,9 @@ def evaluate(
                 delay_days=delay_days,
                 test_days=test_days,
             )
-            result = run_simulated(rules, sim, quick=quick, threads=threads, say=say)
+            result = run_simulated(
+                rules, sim, quick=quick, threads=threads, cross_fit=cross, say=say
+            )
     for table in rich_tables(result):
         console.print(table)
     target = out or PROJECT_ROOT / "benchmarks" / "results" / f"evaluation_{protocol}.md"

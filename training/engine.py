@@ -4,7 +4,10 @@
 (:func:`features.offline.build_features`, so every window is warm at the start of each
 period), trains XGBoost, the isolation forest and the GNN on the *layers* period, fits
 the meta-ensemble over them and the rule layer (``config/rules.toml``) on the later
-*ensemble* period (:mod:`training.split` says which rows and which labels), and saves it
+*ensemble* period (:mod:`training.split` says which rows and which labels) — or, with
+``TrainingParams.cross_fit``, cross-fits both periods as one (:mod:`training.crossfit`:
+the meta model on out-of-fold layer scores, the layers refitted on everything) — and
+saves it
 as one directory: the ensemble (``models/ensemble``) plus ``engine.json``, the feature
 definitions hash, feature names, periods, row counts and metrics. ``engine.json`` is
 listed in the same manifest, so one digest pins the whole bundle.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,7 @@ from training.bundle import (
     read_engine_info,
     save_bundle,
 )
+from training.crossfit import CrossFitParams, cross_fit_ensemble
 from training.split import Period, TrainingPeriods, period_targets, training_periods
 
 Progress = Callable[[str], None]
@@ -64,6 +68,9 @@ class TrainingParams(BaseModel):
     iforest: IsolationForestParams = IsolationForestParams()
     gnn: GNNConfig = GNNConfig()
     meta: MetaParams = MetaParams()
+    # Off by default: the layers learn the layers period, the meta model the ensemble
+    # period. On: see training.crossfit (every layer learns both periods).
+    cross_fit: CrossFitParams = CrossFitParams()
     # A row without a label counts as genuine only this long before a period's cutoff.
     label_delay_ms: int = Field(default=LABEL_DELAY_MS, ge=0)
     # Threads for training only; scoring always runs single-threaded.
@@ -128,14 +135,22 @@ def train_engine(
     meta_rows, meta_y = period_targets(history, labels, periods.ensemble)
     _check_period("layers", periods.layers, layer_y)
     _check_period("ensemble", periods.ensemble, meta_y)
-    _check_calibration_slice(meta_y, params.meta.calibration_fraction)
-
-    layers = _fit_layers(history, matrix=matrix, rows=layer_rows, y=layer_y, params=params, say=say)
-
-    say(f"meta-ensemble on {len(meta_rows)} rows ({int(meta_y.sum())} known frauds)")
     rules = RulesScorer(load_rule_file(rules_file, FEATURE_NAMES), InMemoryListStore())
+
+    if params.cross_fit.enabled:
+        ensemble, layer_rows, layer_y = _cross_fit(
+            history, matrix, labels, periods, rules=rules, params=params, say=say
+        )
+    else:
+        _check_calibration_slice(meta_y, params.meta.calibration_fraction)
+        layers = _fit_layers(
+            history, matrix=matrix, rows=layer_rows, y=layer_y, params=params, say=say
+        )
+        say(f"meta-ensemble on {len(meta_rows)} rows ({int(meta_y.sum())} known frauds)")
+        ensemble = EnsembleScorer.fit(
+            layers, _batch(history, matrix, meta_rows), meta_y, rules=rules, params=params.meta
+        )
     meta_batch = _batch(history, matrix, meta_rows)
-    ensemble = EnsembleScorer.fit(layers, meta_batch, meta_y, rules=rules, params=params.meta)
 
     metrics = _metrics(
         ensemble,
@@ -145,6 +160,8 @@ def train_engine(
         history=history,
         outcomes=outcomes,
     )
+    # Cross-fitted layers learned the ensemble period too: these metrics are in-sample.
+    metrics["cross_fit"] = params.cross_fit.describe()
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     info = EngineInfo(
         version=ensemble.version,
@@ -165,6 +182,43 @@ def train_engine(
     say(f"saving the engine to {out_dir}")
     save_bundle(ensemble, info, out_dir)
     return TrainedEngine(out_dir, info, ensemble)
+
+
+def _cross_fit(
+    history: pl.DataFrame,
+    matrix: FeatureMatrix,
+    labels: pl.DataFrame,
+    periods: TrainingPeriods,
+    *,
+    rules: RulesScorer,
+    params: TrainingParams,
+    say: Progress,
+) -> tuple[EnsembleScorer, npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Cross-fitting over both periods as one, with the labels known at the end."""
+    whole = Period(
+        periods.layers.start_ms, periods.ensemble.end_ms, periods.ensemble.labels_known_before_ms
+    )
+    rows, y = period_targets(history, labels, whole)
+    _check_period("training", whole, y)
+
+    def fit(part: npt.NDArray[np.int64], target: npt.NDArray[np.float32]) -> dict[str, Scorer]:
+        return _fit_layers(history, matrix=matrix, rows=part, y=target, params=params, say=say)
+
+    def score(
+        layers: Mapping[str, Scorer], part: npt.NDArray[np.int64]
+    ) -> dict[str, npt.NDArray[np.float64]]:
+        batch = _batch(history, matrix, part)
+        return {n: np.asarray(layer.score(batch), np.float64) for n, layer in layers.items()}
+
+    def flags(part: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        return np.asarray(rules.evaluate(_batch(history, matrix, part)).flags(), np.float64)
+
+    say(f"cross-fitting ({params.cross_fit.describe()}) on {len(rows)} rows")
+    ensemble, _oof = cross_fit_ensemble(
+        rows, y, params.cross_fit, fit=fit, score=score, flags=flags, rules=rules,
+        meta=params.meta,
+    )  # fmt: skip
+    return ensemble, rows, y
 
 
 def _check_period(name: str, period: Period, y: npt.NDArray[np.float32]) -> None:

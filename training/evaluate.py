@@ -10,9 +10,11 @@ how the engine degrades live), so they are read off ``EnsembleScorer.score_from`
 :func:`fit_window_ensemble` is a small stand-in for ``training.engine.train_engine``:
 the protocols evaluate many windows of one history, so the features are computed once
 for the whole history and passed in, the layers period has a *start* (the protocol's
-training window, not "everything before"), and GNN and isolation forest are fitted
-once per window while only XGBoost varies over the hyperparameter grid. It fits the
-layers exactly as ``train_engine`` does (its ``_fit_gnn``) and nothing is saved.
+training window, not "everything before"), and GNN and isolation forest (with their
+out-of-fold scores, when cross-fitting) are fitted once per window while only XGBoost
+varies over the hyperparameter grid. It fits the layers exactly as ``train_engine``
+does (its ``_fit_gnn``; cross-fitting through :mod:`training.crossfit`) and nothing is
+saved.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ from models.ensemble import EnsembleScorer
 from models.iforest import IsolationForestScorer
 from models.rules import InMemoryListStore, RulesScorer, load_rule_file
 from models.xgb import XGBoostParams, XGBoostScorer
+from training.crossfit import (
+    Fitter,
+    LayerScoring,
+    OutOfFold,
+    out_of_fold_scores,
+    stack_out_of_fold,
+)
 from training.engine import TrainingParams, _fit_gnn
 from training.errors import TrainingError
 from training.metrics import evaluation_metrics
@@ -90,6 +99,11 @@ class Window:
     def ensemble(self) -> Period:
         return Period(self.split, self.train_end, self.known_before)
 
+    @property
+    def whole(self) -> Period:
+        """Both periods as one: what cross-fitting trains on."""
+        return Period(self.train_start, self.train_end, self.known_before)
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -118,22 +132,59 @@ def _targets(
 
 @dataclass(frozen=True)
 class FixedLayers:
-    """The layers that do not vary over the grid, fitted once per window."""
+    """The layers that do not vary over the grid, fitted once per window; with
+    cross-fitting also their out-of-fold scores of the window's training rows."""
 
     gnn: Scorer
     iforest: Scorer
+    oof: OutOfFold | None = None
+
+
+def _fit_fixed(data: Prepared, params: TrainingParams) -> Fitter:
+    def fit(rows: npt.NDArray[np.int64], y: npt.NDArray[np.float32]) -> dict[str, Scorer]:
+        train = FeatureMatrix(data.matrix.names, data.matrix.values[rows])
+        iforest = IsolationForestScorer.fit(train, y, params=params.iforest)
+        gnn = _fit_gnn(data.history, train, rows, y, params)
+        return {"gnn": gnn, "iforest": iforest}
+
+    return fit
+
+
+def _fit_xgboost(data: Prepared, params: TrainingParams) -> Fitter:
+    xgb_params = params.xgboost.model_copy(update={"train_threads": params.threads})
+
+    def fit(rows: npt.NDArray[np.int64], y: npt.NDArray[np.float32]) -> dict[str, Scorer]:
+        train = FeatureMatrix(data.matrix.names, data.matrix.values[rows])
+        return {"xgboost": XGBoostScorer.fit(train, y, params=xgb_params)}
+
+    return fit
+
+
+def _scoring(data: Prepared) -> LayerScoring:
+    def score(
+        layers: Mapping[str, Scorer], rows: npt.NDArray[np.int64]
+    ) -> dict[str, npt.NDArray[np.float64]]:
+        batch = data.batch(rows)
+        return {n: np.asarray(layer.score(batch), np.float64) for n, layer in layers.items()}
+
+    return score
 
 
 def fit_fixed_layers(
     data: Prepared, window: Window, params: TrainingParams, say: Say
 ) -> FixedLayers:
-    rows, y = _targets(data, window.layers, "layers")
-    train = FeatureMatrix(data.matrix.names, data.matrix.values[rows])
-    say(f"{window.name}: isolation forest on {len(rows)} rows")
-    iforest = IsolationForestScorer.fit(train, y, params=params.iforest)
-    say(f"{window.name}: GNN ({params.gnn.epochs} epochs, {int(y.sum())} known frauds)")
-    gnn = _fit_gnn(data.history, train, rows, y, params)
-    return FixedLayers(gnn=gnn, iforest=iforest)
+    cross = params.cross_fit
+    period = window.whole if cross.enabled else window.layers
+    rows, y = _targets(data, period, "training" if cross.enabled else "layers")
+    fit = _fit_fixed(data, params)
+    oof = None
+    if cross.enabled:
+        say(f"{window.name}: GNN and isolation forest, cross-fit ({cross.describe()})")
+        oof = out_of_fold_scores(rows, y, cross, fit=fit, score=_scoring(data))
+    say(f"{window.name}: isolation forest and GNN ({params.gnn.epochs} epochs) on {len(rows)} "
+        f"rows ({int(y.sum())} known frauds)")  # fmt: skip
+    final = fit(rows, y)
+    return FixedLayers(gnn=final["gnn"], iforest=final["iforest"], oof=oof)
 
 
 def fit_window_ensemble(
@@ -145,17 +196,33 @@ def fit_window_ensemble(
     fixed: FixedLayers | None = None,
     say: Say | None = None,
 ) -> EnsembleScorer:
-    """Every layer on the window's layers period, the meta model on its ensemble period."""
+    """Every layer on the window's layers period, the meta model on its ensemble period;
+    or, with ``params.cross_fit``, every layer on the whole training period and the meta
+    model on out-of-fold scores of it (:mod:`training.crossfit`)."""
     tell = say or (lambda _m: None)
     fixed = fixed or fit_fixed_layers(data, window, params, tell)
-    rows, y = _targets(data, window.layers, "layers")
-    train = FeatureMatrix(data.matrix.names, data.matrix.values[rows])
-    xgb_params = params.xgboost.model_copy(update={"train_threads": params.threads})
-    tell(f"{window.name}: XGBoost {describe_xgboost(params.xgboost)}")
-    xgboost = XGBoostScorer.fit(train, y, params=xgb_params)
-    layers: dict[str, Scorer] = {"xgboost": xgboost, "gnn": fixed.gnn, "iforest": fixed.iforest}
-    meta_rows, meta_y = _targets(data, window.ensemble, "ensemble")
+    cross = params.cross_fit
     rules = RulesScorer(load_rule_file(rules_file, data.matrix.names), InMemoryListStore())
+    tell(f"{window.name}: XGBoost {describe_xgboost(params.xgboost)}")
+    fit_xgb = _fit_xgboost(data, params)
+    if cross.enabled:
+        rows, y = _targets(data, window.whole, "training")
+        oof = out_of_fold_scores(rows, y, cross, fit=fit_xgb, score=_scoring(data))
+        if fixed.oof is None:
+            raise ValueError("the fixed layers were fitted without cross-fitting")
+        oof = oof.merge(fixed.oof)
+        final = {**fit_xgb(rows, y), "gnn": fixed.gnn, "iforest": fixed.iforest}
+        flags = rules.evaluate(data.batch(rows[oof.index])).flags()
+        tell(f"{window.name}: meta-ensemble on {len(oof.index)} out-of-fold rows "
+             f"({int(y[oof.index].sum())} frauds)")  # fmt: skip
+        return stack_out_of_fold(final, oof, y, flags=flags, rules=rules, params=params.meta)
+    rows, y = _targets(data, window.layers, "layers")
+    layers: dict[str, Scorer] = {
+        **fit_xgb(rows, y),
+        "gnn": fixed.gnn,
+        "iforest": fixed.iforest,
+    }
+    meta_rows, meta_y = _targets(data, window.ensemble, "ensemble")
     tell(f"{window.name}: meta-ensemble on {len(meta_rows)} rows ({int(meta_y.sum())} frauds)")
     return EnsembleScorer.fit(
         layers, data.batch(meta_rows), meta_y, rules=rules, params=params.meta
@@ -163,7 +230,10 @@ def fit_window_ensemble(
 
 
 def describe_xgboost(p: XGBoostParams) -> str:
-    return f"max_depth={p.max_depth} n_estimators={p.n_estimators}"
+    return (
+        f"max_depth={p.max_depth} n_estimators={p.n_estimators} "
+        f"learning_rate={p.learning_rate:g} min_child_weight={p.min_child_weight:g}"
+    )
 
 
 def ablation_scores(ensemble: EnsembleScorer, batch: ScoringBatch) -> dict[str, npt.NDArray[Any]]:

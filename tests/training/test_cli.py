@@ -163,6 +163,7 @@ def test_evaluate_simulated_writes_every_row(tmp_path: Path) -> None:
         "--layers-days", "3",
         "--delay-days", "2",
         "--test-days", "3",
+        "--cross-fit-blocks", "2",
         "--out", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -170,6 +171,7 @@ def test_evaluate_simulated_writes_every_row(tmp_path: Path) -> None:
     for name in VARIANTS:
         assert f"| {name} |" in text
     assert "recall@1%FPR" in text and "--protocol simulated" in text
+    assert "cross-fitted, 2 time blocks, forward" in text
 
 
 def test_missing_handbook_data_says_where_to_get_it(tmp_path: Path) -> None:
@@ -186,5 +188,6 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
     invoke = invoker(write_config(tmp_path))
     assert invoke("evaluate", "--protocol", "kaggle").exit_code == 2
     assert invoke("evaluate", "--folds", "train").exit_code == 2
+    assert invoke("evaluate", "--cross-fit-scheme", "sideways").exit_code == 2
     result = invoke(*TINY_TRAIN[:-2], "--test-until", "2025-01-20")
     assert result.exit_code == 2 and "in order" in result.output

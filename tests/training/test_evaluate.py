@@ -304,8 +304,8 @@ def test_handbook_protocol_tunes_on_validation_then_reports_test_folds(tmp_path:
     assert result.windows == ("test 0 (2018-08-08)",)
     assert list(result.summary) == list(VARIANTS)
     assert [g.label for g in result.grid] == [
-        "max_depth=2 n_estimators=20",
-        "max_depth=4 n_estimators=40",
+        "max_depth=2 n_estimators=20 learning_rate=0.1 min_child_weight=1",
+        "max_depth=4 n_estimators=40 learning_rate=0.1 min_child_weight=1",
     ]
     best = max(result.grid, key=lambda g: g.ap_mean)
     assert result.chosen == best.label
