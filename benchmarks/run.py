@@ -42,8 +42,15 @@ ARGUMENTS: dict[str, tuple[list[str], list[str]]] = {
         ["--out", "{results}"],
         ["--quick", "--workers", "1,2", "--out", "{results}"],
     ),
+    "bench_detection": (["--out", "{results}"], ["--quick", "--out", "{results}"]),
 }  # fmt: skip
-ORDER = ("bench_simulator", "bench_feature_store", "bench_layers", "bench_end_to_end")
+ORDER = (
+    "bench_simulator",
+    "bench_feature_store",
+    "bench_layers",
+    "bench_end_to_end",
+    "bench_detection",
+)
 
 
 def benchmarks() -> list[str]:

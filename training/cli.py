@@ -195,6 +195,7 @@ def evaluate(
     """Ablation of the engine on the handbook's prequential folds or on a simulation."""
     from fraudstream.settings import PROJECT_ROOT
     from training.crossfit import CrossFitParams
+    from training.evaluate import ScorePool
     from training.evaluate_protocols import (
         HANDBOOK_CROSS_FIT,
         SimulatedProtocol,
@@ -221,6 +222,7 @@ def evaluate(
     path = settings.data.handbook_path
     if protocol == "handbook" and not path.is_file():
         _missing_handbook(path, "set data.handbook_path")
+    pool = ScorePool()
     with _Steps() as say:
         if protocol == "handbook":
             result = run_handbook(
@@ -232,6 +234,7 @@ def evaluate(
                 layers_days=layers_days,
                 threads=threads,
                 cross_fit=cross,
+                pool=pool,
                 say=say,
             )
         else:
@@ -248,14 +251,22 @@ def evaluate(
                 test_days=test_days,
             )
             result = run_simulated(
-                rules, sim, quick=quick, threads=threads, cross_fit=cross, say=say
+                rules, sim, quick=quick, threads=threads, cross_fit=cross, pool=pool, say=say
             )
     for table in rich_tables(result):
         console.print(table)
     target = out or PROJECT_ROOT / "benchmarks" / "results" / f"evaluation_{protocol}.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     command = _command_line(ctx, "fraudstream evaluate")
-    target.write_text(markdown(result, command), encoding="utf-8")
+    report = markdown(result, command)
+    if pool.labels:  # the test folds' rows, pooled: precision-recall of each model alone
+        from training.plots import pr_curves_plot
+
+        png = target.with_name(f"{target.stem}_pr.png")
+        names = [n for n in result.summary if not n.startswith(("without", "rules"))]
+        pr_curves_plot(pool.pooled(names), png, f"Precision-recall, {protocol} test folds")
+        report += f"\n![precision-recall curves, test folds pooled]({png.name})\n"
+    target.write_text(report, encoding="utf-8")
     console.print(f"wrote {target}")
 
 

@@ -20,7 +20,7 @@ saved.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +339,19 @@ def window_metrics(
     }
 
 
+@dataclass
+class ScorePool:
+    """The assessed rows' labels and every variant's scores, pooled over the windows
+    evaluated (for precision-recall curves)."""
+
+    labels: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    scores: dict[str, list[npt.NDArray[np.float64]]] = field(default_factory=dict)
+
+    def pooled(self, names: Sequence[str]) -> dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+        y = np.concatenate(self.labels) if self.labels else np.zeros(0)
+        return {n: (y, np.concatenate(self.scores[n])) for n in names if n in self.scores}
+
+
 def evaluate_window(
     data: Prepared,
     window: Window,
@@ -346,11 +359,18 @@ def evaluate_window(
     truth: pl.DataFrame,
     *,
     category: str | None,
+    pool: ScorePool | None = None,
 ) -> dict[str, dict[str, float]]:
     rows = assessed_rows(data, window)
     if len(rows) == 0:
         raise WindowTooSmall("test", 0, 0)
     scores = ablation_scores(ensemble, data.batch(rows))
+    if pool is not None:
+        ids = data.history[rows.tolist()].select("transaction_id")
+        labels = ids.join(truth, on="transaction_id", how="left", maintain_order="left")
+        pool.labels.append(labels["is_fraud"].cast(pl.Float64).to_numpy())
+        for name, values in scores.items():
+            pool.scores.setdefault(name, []).append(np.asarray(values, np.float64))
     return window_metrics(data, rows, scores, truth, category=category)
 
 

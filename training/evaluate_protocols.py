@@ -42,6 +42,7 @@ from training.evaluate import (
     VARIANTS,
     Prepared,
     Say,
+    ScorePool,
     Window,
     describe_xgboost,
     evaluate_window,
@@ -182,8 +183,10 @@ def run_handbook(
     grid: Sequence[tuple[int, int]] = HANDBOOK_GRID,
     threads: int = 2,
     cross_fit: CrossFitParams = HANDBOOK_CROSS_FIT,
+    pool: ScorePool | None = None,
     say: Say | None = None,
 ) -> EvaluationResult:
+    """The ablation on the handbook's folds; ``pool`` collects the test rows' scores."""
     tell = say or (lambda _m: None)
     validation = handbook_validation_folds(n_folds=n_folds)
     test = handbook_test_folds(n_folds=n_folds)
@@ -234,7 +237,9 @@ def run_handbook(
         results = []
         for window in windows:
             ens = fit_window_ensemble(data, window, chosen, rules_file=rules_file, say=tell)
-            results.append(evaluate_window(data, window, ens, truth, category="scenario"))
+            results.append(
+                evaluate_window(data, window, ens, truth, category="scenario", pool=pool)
+            )
     summary, per = _summaries(results)
     split = _training_split(cross_fit, layers_days)
     return EvaluationResult(
@@ -317,6 +322,7 @@ def run_simulated(
     params: TrainingParams | None = None,
     labels_config: object | None = None,
     cross_fit: CrossFitParams | None = None,
+    pool: ScorePool | None = None,
     say: Say | None = None,
 ) -> EvaluationResult:
     from features.sources import simulated_tables
@@ -351,7 +357,7 @@ def run_simulated(
     results = []
     for window in windows:
         ens = fit_window_ensemble(data, window, params, rules_file=rules_file, say=tell)
-        results.append(evaluate_window(data, window, ens, truth, category="attack"))
+        results.append(evaluate_window(data, window, ens, truth, category="attack", pool=pool))
     summary, per = _summaries(results)
     attack_cols = tuple(
         sorted(

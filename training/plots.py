@@ -11,6 +11,7 @@ never through ``pyplot``: no global state, no display needed, safe from worker t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,24 @@ def pr_plot(labels: npt.ArrayLike, scores: npt.ArrayLike, path: Path) -> Path:
     ax.axhline(float(y.mean()), linestyle=":", color="grey", label=f"fraud rate {y.mean():.4f}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
     ax.legend(loc="upper right")
+    return _save(fig, path)
+
+
+def pr_curves_plot(
+    curves: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]], path: Path, title: str
+) -> Path:
+    """Several precision-recall curves on one plot, each with its AP."""
+    fig = Figure(figsize=(6, 5), dpi=100)
+    ax = fig.add_subplot()
+    rate = 0.0
+    for name, (labels, scores) in curves.items():
+        y, s = _arrays(labels, scores)
+        precision, recall, _ = precision_recall_curve(y, s)
+        ax.step(recall, precision, where="post", label=f"{name} (AP {average_precision(y, s):.3f})")
+        rate = float(y.mean())
+    ax.axhline(rate, linestyle=":", color="grey", label=f"fraud rate {rate:.4f}")
+    ax.set(xlabel="recall", ylabel="precision", title=title, ylim=(0, 1.02))
+    ax.legend(loc="upper right", fontsize="small")
     return _save(fig, path)
 
 

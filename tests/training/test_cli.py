@@ -172,6 +172,9 @@ def test_evaluate_simulated_writes_every_row(tmp_path: Path) -> None:
         assert f"| {name} |" in text
     assert "recall@1%FPR" in text and "--protocol simulated" in text
     assert "cross-fitted, 2 time blocks, forward" in text
+    # The test rows' precision-recall curves, next to the tables and linked from them.
+    png = tmp_path / "evaluation_pr.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(evaluation_pr.png)" in text
 
 
 def test_missing_handbook_data_says_where_to_get_it(tmp_path: Path) -> None:
