@@ -57,7 +57,7 @@ for _, l in ipairs(labels) do
       if l.mcc then
         local mk = prefix .. ":m:" .. l.mcc
         redis.call("HINCRBY", mk, "f:" .. math.floor(l.t / DAY), delta)
-        redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY))
+        redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY + lateness))
       end
     end
   end

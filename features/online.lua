@@ -440,8 +440,11 @@ for field, count in pairs(mcc_counts) do
   local mcc, day = string.sub(field, 1, bar - 1), tonumber(string.sub(field, bar + 1))
   local mk = prefix .. ":m:" .. mcc
   redis.call("HINCRBY", mk, "n:" .. day, count)
-  redis.call("HDEL", mk, "n:" .. (day - 38), "f:" .. (day - 38))
-  redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY))
+  -- A transaction up to the allowed lateness behind the newest still reads 30 days
+  -- behind its own (earlier) day: only buckets older than that may go.
+  local gone = day - 38 - math.ceil(lateness / DAY)
+  redis.call("HDEL", mk, "n:" .. gone, "f:" .. gone)
+  redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY + lateness))
 end
 
 out[1] = too_late

@@ -335,6 +335,36 @@ def test_online_equals_twin_in_any_arrival_order(
     assert store.too_late == 0  # nothing here is later than the allowed lateness
 
 
+def test_a_late_transaction_still_sees_merchant_category_days_a_newer_one_moved_past(
+    redis_client: Callable[..., Any],
+) -> None:
+    """Found by the property above: recording a day-38 transaction dropped the category's
+    day-0 bucket, which a day-36 transaction arriving after it (2 days late, within the
+    allowed lateness) still reads. The buckets kept now cover the lateness too."""
+    day0 = 1_772_409_600_000
+
+    def tx(tx_id: str, day: int) -> dict[str, Any]:
+        return {
+            "transaction_id": tx_id, "event_time_ms": day0 + day * DAY_MS, "card_id": "c1",
+            "terminal_id": "T1", "amount": 1.0, "device_id": None, "ip": None,
+            "mcc": "5411", "latitude": None, "longitude": None,
+        }  # fmt: skip
+
+    fraud = {
+        "transaction_id": "on-day-0", "card_id": "c1", "terminal_id": "T1", "mcc": "5411",
+        "event_time_ms": day0, "label_time_ms": day0 + DAY_MS, "is_fraud": 1,
+    }  # fmt: skip
+    store = RedisFeatureStore(
+        redis_client(), key_prefix=f"late-{uuid.uuid4().hex[:8]}", allowed_lateness_ms=7 * DAY_MS
+    )
+    rows = [tx("on-day-0", 0), tx("on-day-36", 36), tx("on-day-38", 38)]
+    online, twin = replay_online_in_arrival_order(store, rows, [fraud], 1, [0, 2, 1])
+    risk = FEATURE_NAMES.index("mcc_risk_30d")
+    # Day 0 (one transaction, a fraud) is inside day 36's window [day 0, day 29].
+    assert online[1, risk] == twin[1, risk] == 1.0
+    factories.assert_same(online, twin)
+
+
 def test_redelivered_late_transaction_is_counted_late_once(
     make_store: Callable[..., RedisFeatureStore],
 ) -> None:
