@@ -39,7 +39,7 @@ from fraudstream.reconcile import ReconcileConfig, Reconciler, Snapshot, Totals
 from fraudstream.reconcile.state import snapshot_from_builtins, to_builtins
 from fraudstream.settings import TopicSettings
 from fraudstream.wire import Authorization, BatchDecoder, Settlement, encode
-from fraudstream.wire.decode import dead_letter, dead_letter_key
+from fraudstream.wire.decode import dead_letter_record
 from fraudstream.wire.schemas import RejectKind
 from streams.scoring import Outgoing, RawMessage
 
@@ -164,18 +164,7 @@ class Decoders:
 
 
 def _dead_letter(message: RawMessage, kind: RejectKind, reason: str, now: datetime) -> Outgoing:
-    return Outgoing(
-        dead_letter_key(message.key),
-        dead_letter(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            kind=kind,
-            reason=reason,
-            original=message.value or b"",
-            received_at=now,
-        ),
-    )
+    return Outgoing(*dead_letter_record(message, kind, reason, now))
 
 
 def _decode(

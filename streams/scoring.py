@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fraudstream.wire import BatchDecoder, Decision, LabelEvent, Transaction, encode
-from fraudstream.wire.decode import Rejected, dead_letter, dead_letter_key
+from fraudstream.wire.decode import Rejected, dead_letter_record
 from fraudstream.wire.schemas import SCHEMA_VERSION, RejectKind
 
 
@@ -98,17 +98,11 @@ def _dead_letters(
     counts: Counter[RejectKind],
 ) -> None:
     for item in rejected:
-        source = messages[item.index]
-        letter = dead_letter(
-            topic=source.topic,
-            partition=source.partition,
-            offset=source.offset,
-            kind=item.kind,
-            reason=item.reason,
-            original=item.raw,
-            received_at=now,
+        # item.raw: the bytes after the card-number ingress, not as received
+        key, letter = dead_letter_record(
+            messages[item.index], item.kind, item.reason, now, item.raw
         )
-        letters.append(Outgoing(dead_letter_key(source.key), letter))
+        letters.append(Outgoing(key, letter))
         counts[item.kind] += 1
 
 

@@ -17,8 +17,7 @@ from datetime import datetime
 
 from fraudstream.authorize.mapping import authorization_for, decision_view
 from fraudstream.authorize.validate import SchemaValidator
-from fraudstream.wire.decode import Rejected, dead_letter_key, encode
-from fraudstream.wire.decode import dead_letter as encode_dead_letter
+from fraudstream.wire.decode import Rejected, dead_letter_record, encode
 from fraudstream.wire.schemas import RejectKind
 
 
@@ -70,18 +69,7 @@ class RecentIds:
 
 
 def dead_letter(message: Incoming, kind: RejectKind, reason: str, now: datetime) -> Outgoing:
-    return Outgoing(
-        dead_letter_key(message.key),
-        encode_dead_letter(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            kind=kind,
-            reason=reason,
-            original=message.value or b"",
-            received_at=now,
-        ),
-    )
+    return Outgoing(*dead_letter_record(message, kind, reason, now))
 
 
 def authorize_batch(

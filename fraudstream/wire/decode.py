@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -162,6 +162,42 @@ def dead_letter(
         original_sha256=letters_digest(original) if truncated else None,
     )
     return _encoder.encode(letter)
+
+
+class SourceMessage(Protocol):
+    """A consumed message as every consumer of ours sees it."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+def dead_letter_record(
+    message: SourceMessage,
+    kind: RejectKind,
+    reason: str,
+    received_at: datetime,
+    original: bytes | None = None,
+) -> tuple[bytes | None, bytes]:
+    """(key, value) to produce for a rejected ``message``: its key masked, the dead letter
+    of ``original`` (default: the message's bytes as received)."""
+    letter = dead_letter(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        kind=kind,
+        reason=reason,
+        original=(message.value or b"") if original is None else original,
+        received_at=received_at,
+    )
+    return dead_letter_key(message.key), letter
 
 
 def dead_letter_key(key: bytes | None) -> bytes | None:
