@@ -156,6 +156,15 @@ class EngineMetrics:
             "(streams.commit_guard), since start.",
             registry=r,
         )
+        self.ingress_rewritten = Gauge(
+            "fraudstream_ingress_rewritten",
+            "Messages with a field holding a number that passes the card-number check, "
+            "replaced by its token at ingress, since start: an identifier rewritten so is "
+            "carried as the token by its decision (card_number itself counts only when "
+            "no tokenization key is configured and the message is refused).",
+            ["field"],
+            registry=r,
+        )
         self.score_psi = Gauge(
             "fraudstream_score_psi",
             "Population stability index of the recent scores against the training scores.",
@@ -267,6 +276,10 @@ class PrometheusStreamHooks:
     def commit_guard(self, rewinds: int, uncounted_acks: int) -> None:
         self._m.consumer_rewinds.set(rewinds)
         self._m.consumer_uncounted_acks.set(uncounted_acks)
+
+    def ingress_rewrites(self, per_field: Mapping[str, int]) -> None:
+        for field, messages in per_field.items():
+            self._m.ingress_rewritten.labels(field).set(messages)
 
     def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
         """The lag of every partition assigned now (the others' series are dropped)."""

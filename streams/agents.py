@@ -80,6 +80,8 @@ class ScoringObserver(Protocol):
 
     def commit_guard(self, rewinds: int, uncounted_acks: int) -> None: ...
 
+    def ingress_rewrites(self, per_field: Mapping[str, int]) -> None: ...
+
 
 def partition_lags(
     assigned: Collection[tuple[str, int]],
@@ -129,6 +131,7 @@ def register_scoring_agent(
     ``lag_interval_s`` for the transactions and labels topics."""
     # ``ingress``: card numbers to tokens before anything else sees the message.
     decoder = transaction_decoder(max_message_bytes, ingress)
+    rewritten: Mapping[str, int] = getattr(ingress, "rewritten", {})
     dedupe = dedupe or DedupeConfig()
     if observer is None and isinstance(hooks, ScoringObserver):
         observer = hooks
@@ -171,6 +174,7 @@ def register_scoring_agent(
             observer,
             {topics.transactions.get_topic_name(), topics.labels.get_topic_name()},
             lag_interval_s,
+            rewritten,
         )
     return ScoringAgent(agent=agent, table=table, dedupe=deduplicator)
 
@@ -253,7 +257,11 @@ class ScoringStep:
 
 
 def _register_lag_report(
-    app: faust.App, observer: ScoringObserver, topic_names: set[str], interval_s: float
+    app: faust.App,
+    observer: ScoringObserver,
+    topic_names: set[str],
+    interval_s: float,
+    rewritten: Mapping[str, int],
 ) -> None:
     async def report_lag() -> None:
         consumer = app.consumer
@@ -281,6 +289,8 @@ def _register_lag_report(
             int(getattr(consumer, "rewinds_total", 0)),
             int(getattr(consumer, "uncounted_acks", 0)),
         )
+        # Identifiers the ingress had to rewrite because they pass for card numbers.
+        observer.ingress_rewrites(dict(rewritten))
 
     app.timer(interval_s, name="consumer-lag")(report_lag)
 

@@ -198,7 +198,10 @@ def score_reference(info: EngineInfo) -> ReferenceHistogram | None:
 
 def card_number_ingress(settings: Settings) -> CardNumberIngress:
     key = settings.security.pan_token_key
-    return CardNumberIngress.from_key(key.get_secret_value().encode() if key else None)
+    return CardNumberIngress.from_key(
+        key.get_secret_value().encode() if key else None,
+        known_fields=Transaction.__struct_fields__,
+    )
 
 
 def warm_up(layers: Any, rows: int = 8) -> None:

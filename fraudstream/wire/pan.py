@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
+from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -122,6 +125,11 @@ def _digits_of(pan: str) -> str:
 
 
 CARD_NUMBER_FIELD = "card_number"
+# Field label for a replaced number outside the known fields, or in a message that is
+# not a JSON object (labels stay bounded whatever the input holds).
+OTHER_FIELD = "other"
+_REWRITE_LOG_EVERY = 1000
+log = logging.getLogger(__name__)
 _json_object = msgspec.json.Decoder(dict[str, Any])
 _encode = msgspec.json.Encoder().encode
 
@@ -134,36 +142,77 @@ class CardNumberIngress:
     that looks like a card number anywhere in the message is replaced by its token too,
     so a message that is dead-lettered afterwards keeps no number in clear. Messages
     without one pass through byte for byte (the common, fast path: a substring test).
+
+    That includes identifiers: a ``transaction_id`` (or terminal, merchant, device id)
+    that holds 13-19 digits passing the Luhn check cannot be told from a card number,
+    so it is replaced by its token too, the same token every time (dedupe and the
+    decision's key stay consistent), and the decision carries the token. Such rewrites
+    are counted per field in :attr:`rewritten` (the worker exports them as
+    ``fraudstream_ingress_rewritten``) and logged, without the number: upstreams should
+    use identifiers that cannot pass for card numbers (README, "Security").
     """
 
-    def __init__(self, tokenizer: PanTokenizer, *, accept: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: PanTokenizer,
+        *,
+        accept: bool = True,
+        known_fields: Collection[str] = (),
+    ) -> None:
         self.tokenizer = tokenizer
         # accept=False: card numbers are only scrubbed, so a message carrying one fails
         # validation (``card_number`` is not a wire field) and is dead-lettered.
         self.accept = accept
+        self._known = frozenset(known_fields)
+        self.rewritten: Counter[str] = Counter()  # messages, per field rewritten
 
     @classmethod
-    def from_key(cls, key: bytes | None) -> CardNumberIngress:
+    def from_key(cls, key: bytes | None, known_fields: Collection[str] = ()) -> CardNumberIngress:
         """With the configured key: card numbers become stable tokens. Without one: a
-        key that lives as long as the process scrubs them, and such messages are refused."""
+        key that lives as long as the process scrubs them, and such messages are refused.
+        ``known_fields`` name the rewrites counted (others count as ``other``)."""
         if key is None:
-            return cls(PanTokenizer(secrets.token_bytes(32)), accept=False)
-        return cls(PanTokenizer(key))
+            tokenizer, accept = PanTokenizer(secrets.token_bytes(32)), False
+        else:
+            tokenizer, accept = PanTokenizer(key), True
+        return cls(tokenizer, accept=accept, known_fields=known_fields)
 
     def __call__(self, raw: bytes) -> bytes:
         if not _CANDIDATE.search(raw):
             return raw
-        if not self.accept:
-            return self.tokenizer.scrub(raw)
         try:
             doc = _json_object.decode(raw)
         except msgspec.DecodeError:
-            return self.tokenizer.scrub(raw)
-        number = doc.get(CARD_NUMBER_FIELD)
-        if isinstance(number, str) and is_pan(_digits_of(number)):
+            doc = None
+        number = None if doc is None else doc.get(CARD_NUMBER_FIELD)
+        if self.accept and doc is not None and isinstance(number, str):
             digits = _digits_of(number)
-            del doc[CARD_NUMBER_FIELD]
-            doc["card_id"] = self.tokenizer.token(digits)
-            doc["card_display"] = mask(digits)
-            return self.tokenizer.scrub(_encode(doc))
-        return self.tokenizer.scrub(raw)
+            if is_pan(digits):
+                del doc[CARD_NUMBER_FIELD]
+                doc["card_id"] = self.tokenizer.token(digits)
+                doc["card_display"] = mask(digits)
+                raw = _encode(doc)
+        scrubbed = self.tokenizer.scrub(raw)
+        if scrubbed == raw:
+            return raw
+        self._count_rewrites(doc)
+        return scrubbed
+
+    def _count_rewrites(self, doc: dict[str, Any] | None) -> None:
+        """Which fields held a number that passes for a card's (a ``card_number`` left
+        here was refused: no key is configured)."""
+        fields = set()
+        for name, value in (doc or {}).items():
+            text = value.encode() if isinstance(value, str) else _encode(value)
+            if find_pans(text):
+                known = name in self._known or name == CARD_NUMBER_FIELD
+                fields.add(name if known else OTHER_FIELD)
+        for field in fields or {OTHER_FIELD}:
+            self.rewritten[field] += 1
+            if self.rewritten[field] % _REWRITE_LOG_EVERY == 1:
+                log.warning(
+                    "ingress: %s held a number that passes the card-number check; it was "
+                    "replaced by its token (%d such messages since start)",
+                    field,
+                    self.rewritten[field],
+                )

@@ -78,6 +78,7 @@ def exercise_every_hook(metrics: EngineMetrics) -> None:
     stream.deduplicated(hits=3, remembered=10)
     stream.consumer_lag({("transactions", 0): 5, ("transactions", 1): 0})
     stream.commit_guard(rewinds=2, uncounted_acks=7)
+    stream.ingress_rewrites({"transaction_id": 4, "other": 1})
     engine.layer_result(LayerReport("xgboost", "ok", 2.0, BreakerState.CLOSED, 4))
     engine.breaker_changed("gnn", "closed", "open")
     engine.feature_store_error(FeatureStoreTimeout(25.0))
@@ -116,6 +117,7 @@ def test_each_hook_reaches_its_series() -> None:
     assert value(m, "fraudstream_consumer_lag", topic="transactions", partition="0") == 5
     assert value(m, "fraudstream_consumer_rewinds") == 2
     assert value(m, "fraudstream_consumer_uncounted_acks") == 7
+    assert value(m, "fraudstream_ingress_rewritten", field="transaction_id") == 4
     assert value(m, "fraudstream_reconcile_exceptions_total", kind="amount_mismatch") == 1
     assert value(m, "fraudstream_reconcile_state", partition="2", count="matched") == 2
     assert value(m, "fraudstream_reconcile_state", partition="2", count="open") == 1

@@ -154,3 +154,36 @@ def test_without_a_configured_key_card_numbers_are_refused_and_scrubbed() -> Non
     assert configured(transaction_with(card_number=VISA_TEST)) != ingress(
         transaction_with(card_number=VISA_TEST)
     )
+
+
+def test_an_identifier_that_passes_for_a_card_number_is_tokenized_and_counted() -> None:
+    """Nothing tells a 16-digit Luhn-valid id from a card number, so it cannot stay in
+    clear; it becomes the same token every time (dedupe and keys stay consistent), and
+    the rewrite is counted under its field so operators see it."""
+    ingress = CardNumberIngress(PanTokenizer(KEY), known_fields={"transaction_id", "card_id"})
+    decoder = transaction_decoder(65536, ingress)
+    numeric_id = "ord-" + VISA_TEST
+    first = decoder.decode([transaction_with(transaction_id=numeric_id)]).items[0]
+    again = decoder.decode([transaction_with(transaction_id=numeric_id)]).items[0]
+    assert (
+        first.transaction_id
+        == again.transaction_id
+        == ("ord-" + PanTokenizer(KEY).token(VISA_TEST))
+    )
+    assert ingress.rewritten == {"transaction_id": 2}
+    # A number in a field the engine does not know, and bytes that are not JSON.
+    ingress(transaction_with(merchant_note=AMEX_TEST))
+    ingress(b"not json " + AMEX_TEST.encode())
+    assert ingress.rewritten == {"transaction_id": 2, "other": 2}
+    # The card_number field is what ingress is for: not a rewrite.
+    ingress(transaction_with(card_number=VISA_TEST))
+    assert sum(ingress.rewritten.values()) == 4
+    # Digits that fail the Luhn check are left alone and not counted.
+    plain = transaction_with(transaction_id="4111111111111112")
+    assert ingress(plain) is plain and sum(ingress.rewritten.values()) == 4
+
+
+def test_a_refused_card_number_counts_under_its_own_field() -> None:
+    ingress = CardNumberIngress.from_key(None, known_fields={"transaction_id"})
+    ingress(transaction_with(card_number=VISA_TEST))
+    assert ingress.rewritten == {"card_number": 1}

@@ -275,6 +275,9 @@ class Observed:
     def commit_guard(self, rewinds: int, uncounted_acks: int) -> None:
         return None
 
+    def ingress_rewrites(self, per_field: Any) -> None:
+        return None
+
 
 def make_step(
     log: list[tuple[str, Any]], pipeline: CountingPipeline, clock: Clock
