@@ -173,6 +173,12 @@ def fit_xgboost(_: Path) -> Scorer:
     return XGBoostScorer.fit(world.features, world.labels, params=XGBoostParams(n_estimators=40))
 
 
+def fit_bagged_xgboost(_: Path) -> Scorer:
+    world = synthetic_world(_TRAIN_ROWS, seed=1)
+    params = XGBoostParams(n_estimators=20, bags=3, negatives_per_positive=5)
+    return XGBoostScorer.fit(world.features, world.labels, params=params)
+
+
 def fit_iforest(_: Path) -> Scorer:
     world = synthetic_world(_TRAIN_ROWS, seed=2)
     return IsolationForestScorer.fit(world.features, params=IsolationForestParams(n_estimators=50))
@@ -200,6 +206,7 @@ def fit_gnn(_: Path) -> Scorer:
 
 FACTORIES: dict[str, Callable[[Path], Scorer]] = {
     "xgboost": fit_xgboost,
+    "xgboost-bagged": fit_bagged_xgboost,
     "iforest": fit_iforest,
     "gnn": fit_gnn,
 }

@@ -10,8 +10,9 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from features.matrix import FeatureMatrix
+from fraudstream.errors import UnsafeArtifactError
 from models.base import ScoringBatch
-from models.xgb import XGBoostParams, XGBoostScorer, describe_feature
+from models.xgb import XGBoostParams, XGBoostScorer, balanced_bag, describe_feature
 from tests.models.factories import make_batch
 
 NAMES = ("amount_to_card_mean_30d", "card_tx_count_1d", "noise_a", "noise_b")
@@ -177,3 +178,51 @@ def test_rejects_labels_that_are_not_binary() -> None:
         XGBoostScorer.fit(features, np.arange(10))
     with pytest.raises(ValueError, match="labels for"):
         XGBoostScorer.fit(features, np.zeros(9))
+
+
+# --- balanced bagging ----------------------------------------------------------------
+
+
+def test_a_balanced_bag_keeps_every_fraud_and_the_asked_share_of_the_rest() -> None:
+    y = np.array([1] * 10 + [0] * 1000)
+    rng = np.random.default_rng(3)
+    first, second = balanced_bag(y, 5.0, rng), balanced_bag(y, 5.0, rng)
+    for bag in (first, second):
+        assert set(np.flatnonzero(y == 1)) <= set(bag)
+        assert len(bag) == 10 + 50 and len(set(bag)) == len(bag)
+        assert list(bag) == sorted(bag)
+    assert set(first) != set(second)  # each bag draws its own legitimate rows
+    # Fewer legitimate rows than asked: all of them.
+    assert len(balanced_bag(np.array([1, 0, 0]), 50.0, rng)) == 3
+
+
+def test_bagged_layer_scores_the_mean_log_odds_and_explains_it(tmp_path: Path) -> None:
+    features, labels = _planted(3000, seed=11)
+    params = XGBoostParams(n_estimators=30, bags=3, negatives_per_positive=4)
+    model = XGBoostScorer.fit(features, labels, params=params)
+    assert len(model.boosters) == 3
+    holdout, _ = _planted(200, seed=12)
+    x = holdout.values.astype(np.float32)
+    margins = [b.inplace_predict(x, predict_type="margin") for b in model.boosters]
+    expected = 1.0 / (1.0 + np.exp(-np.mean(margins, axis=0)))
+    batch = _batch(holdout)
+    np.testing.assert_allclose(model.score(batch), expected, rtol=1e-6)
+    # SHAP contributions (bias included) add up to the mean log-odds.
+    np.testing.assert_allclose(
+        model.contributions(batch).sum(axis=1), np.mean(margins, axis=0), rtol=1e-4, atol=1e-4
+    )
+    model.save(tmp_path)
+    again = XGBoostScorer.load(tmp_path)
+    assert len(again.boosters) == 3 and again.version == model.version
+    np.testing.assert_array_equal(again.score(batch), model.score(batch))
+
+
+def test_a_bagged_model_missing_a_booster_file_is_refused(tmp_path: Path) -> None:
+    features, labels = _planted(1000, seed=13)
+    params = XGBoostParams(n_estimators=5, bags=2, negatives_per_positive=4)
+    XGBoostScorer.fit(features, labels, params=params).save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["name"] != "model-1.ubj"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnsafeArtifactError, match=r"model-1\.ubj"):
+        XGBoostScorer.load(tmp_path)
