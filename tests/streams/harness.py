@@ -22,6 +22,15 @@ from streams.demo import FRAUDSTREAM_COMMAND
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Delivery, not speed: a loaded CI machine must not turn decisions into timeout
+# defaults, so the tests about delivery give the worker a generous per-decision deadline
+# and layer budget (the deadline itself is tested in test_fault_layers.py).
+DELIVERY_OVERRIDES: dict[str, str] = {
+    "scoring__deadline_ms": "30000",
+    "breaker__latency_budget_ms": "30000",
+}
+
+
 class FraudstreamProcess:
     """``fraudstream <args>`` as a child process with its output captured.
 

@@ -26,6 +26,7 @@ from fraudstream.devstack.stack import DEFAULT_CACHE
 from fraudstream.devstack.testing import TestStack, free_ports, unique_env
 from fraudstream.settings import DevstackSettings, KafkaSettings, load_settings
 from streams.kafka_config import aiokafka_kwargs
+from tests.streams.harness import DELIVERY_OVERRIDES
 from tests.streams.tls_certs import Pki, make_pki
 
 BROKER_USER, BROKER_PASSWORD = "broker", "broker-" + uuid.uuid4().hex
@@ -149,8 +150,7 @@ def secured_env(kafka: ScramBroker, redis_url: str, data_dir: Path, bundle: Path
             "FRAUDSTREAM__REDIS__CONNECT_TIMEOUT_MS": "5000",
             "FRAUDSTREAM__REDIS__SOCKET_TIMEOUT_MS": "5000",
             "FRAUDSTREAM__MODELS__BUNDLE_DIR": str(bundle),
-            "FRAUDSTREAM__SCORING__DEADLINE_MS": "30000",
-            "FRAUDSTREAM__BREAKER__LATENCY_BUDGET_MS": "30000",
+            **{f"FRAUDSTREAM__{k.upper()}": v for k, v in DELIVERY_OVERRIDES.items()},
             "FRAUDSTREAM__FEATURES__TIMEOUT_MS": "5000",
             "FRAUDSTREAM__AUTHORIZE__GROUP_ID": f"authorize-{suffix}",
             "FRAUDSTREAM__WORKER__RECONCILE": "false",

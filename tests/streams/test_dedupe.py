@@ -32,7 +32,13 @@ from streams.scoring import (
     record_decisions,
 )
 from streams.topics import ensure_topics
-from tests.streams.harness import FraudstreamProcess, consume_until, produce, transaction
+from tests.streams.harness import (
+    DELIVERY_OVERRIDES,
+    FraudstreamProcess,
+    consume_until,
+    produce,
+    transaction,
+)
 
 NOW = datetime(2025, 3, 1, 12, 0, 5, tzinfo=UTC)
 DECODER = transaction_decoder(4096)
@@ -380,8 +386,7 @@ async def test_redelivered_transactions_get_their_decision_again_even_after_a_re
     settings, env = make_settings(
         with_env=True,
         models__bundle_dir=str(engine_bundle),
-        scoring__deadline_ms="30000",
-        breaker__latency_budget_ms="30000",
+        **DELIVERY_OVERRIDES,
     )
     topics = settings.kafka.topics
     port = settings.worker.metrics_port

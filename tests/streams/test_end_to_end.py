@@ -35,7 +35,7 @@ from fraudstream.wire import Authorization, Settlement, encode
 from streams.replay import messages_from_frame
 from streams.replay import produce as replay_produce
 from streams.topics import ensure_topics
-from tests.streams.harness import FraudstreamProcess, consume_until
+from tests.streams.harness import DELIVERY_OVERRIDES, FraudstreamProcess, consume_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -182,9 +182,7 @@ async def test_replay_decide_authorize_reconcile(
     settings, env = make_settings(
         with_env=True,
         models__bundle_dir=str(engine_bundle),
-        # Delivery, not speed: a loaded machine must not turn decisions into defaults.
-        scoring__deadline_ms="30000",
-        breaker__latency_budget_ms="30000",
+        **DELIVERY_OVERRIDES,
         reconciliation__max_tip_share=str(data.config.clearing.max_tip_share),
     )
     env["FRAUDSTREAM__AUTHORIZE__GROUP_ID"] = f"authorize-{settings.worker.app_id}"

@@ -26,7 +26,7 @@ from fraudstream.simulator import SimulatorConfig, generate
 from streams.replay import messages_from_frame
 from streams.replay import produce as replay_produce
 from streams.topics import ensure_topics
-from tests.streams.harness import consume_until
+from tests.streams.harness import DELIVERY_OVERRIDES, consume_until
 from tests.streams.private_stack import log_tail, private_stack, running
 from tests.streams.test_dedupe import scrape, wait_for_metric
 
@@ -59,9 +59,7 @@ async def test_broker_restart_mid_replay_loses_nothing_and_acts_once(
         settings, env = broker.env(
             tmp_path,
             models__bundle_dir=str(engine_bundle),
-            # Delivery, not speed: a loaded machine must not turn decisions into defaults.
-            scoring__deadline_ms="30000",
-            breaker__latency_budget_ms="30000",
+            **DELIVERY_OVERRIDES,
         )
         topics = settings.kafka.topics
         port = settings.worker.metrics_port

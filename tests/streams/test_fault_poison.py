@@ -30,7 +30,7 @@ from fraudstream.settings import load_settings
 from fraudstream.wire.decode import ORIGINAL_KEPT_BYTES
 from fraudstream.wire.pan import find_pans, letters_digest
 from streams.topics import ensure_topics
-from tests.streams.harness import FraudstreamProcess, TopicTail, transaction
+from tests.streams.harness import DELIVERY_OVERRIDES, FraudstreamProcess, TopicTail, transaction
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -60,8 +60,7 @@ def poison_worker(
         {
             "models__bundle_dir": str(engine_bundle),
             "models__gnn_refresh_check_s": "0",
-            "scoring__deadline_ms": "30000",
-            "breaker__latency_budget_ms": "30000",
+            **DELIVERY_OVERRIDES,
         },
     )
     settings = load_settings(None, env)

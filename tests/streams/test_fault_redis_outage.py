@@ -24,7 +24,7 @@ from fraudstream.simulator import SimulatorConfig, generate
 from streams.replay import messages_from_frame
 from streams.replay import produce as replay_produce
 from streams.topics import ensure_topics
-from tests.streams.harness import consume_until
+from tests.streams.harness import DELIVERY_OVERRIDES, consume_until
 from tests.streams.private_stack import log_tail, metric_samples, private_stack, running
 from tests.streams.test_dedupe import scrape, wait_for_metric
 
@@ -52,8 +52,7 @@ async def test_decisions_continue_degraded_while_redis_is_out_and_recover_after(
         settings, env = stack.env(
             tmp_path,
             models__bundle_dir=str(engine_bundle),
-            scoring__deadline_ms="30000",
-            breaker__latency_budget_ms="30000",
+            **DELIVERY_OVERRIDES,
             features__timeout_ms=STORE_TIMEOUT_MS,
             redis__socket_timeout_ms=STORE_TIMEOUT_MS,
             redis__connect_timeout_ms=STORE_TIMEOUT_MS,

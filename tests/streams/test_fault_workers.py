@@ -29,7 +29,7 @@ from fraudstream.simulator import SimulatorConfig, generate
 from streams.replay import messages_from_frame
 from streams.replay import produce as replay_produce
 from streams.topics import ensure_topics
-from tests.streams.harness import FraudstreamProcess, TopicTail
+from tests.streams.harness import DELIVERY_OVERRIDES, FraudstreamProcess, TopicTail
 from tests.streams.test_dedupe import scrape
 
 pytestmark = [pytest.mark.integration]
@@ -88,9 +88,7 @@ def delivery_env(make_settings: Any, engine_bundle: Path) -> tuple[Any, dict[str
     settings, env = make_settings(
         with_env=True,
         models__bundle_dir=str(engine_bundle),
-        # Delivery, not speed: a loaded machine must not turn decisions into defaults.
-        scoring__deadline_ms="30000",
-        breaker__latency_budget_ms="30000",
+        **DELIVERY_OVERRIDES,
         # The GNN refresher is not what these tests are about; it only costs CPU here.
         models__gnn_refresh_check_s="0",
     )

@@ -27,7 +27,7 @@ from fraudstream.simulator import SimulatorConfig, generate
 from fraudstream.wire.pan import PanTokenizer, find_pans, is_pan, luhn_valid
 from streams.replay import messages_from_frame
 from streams.topics import ensure_topics
-from tests.streams.harness import FraudstreamProcess, consume_until, produce
+from tests.streams.harness import DELIVERY_OVERRIDES, FraudstreamProcess, consume_until, produce
 from tests.streams.pan_scan import ScanReport, scan_log, scan_records, scan_redis
 
 pytestmark = pytest.mark.timeout(600)
@@ -132,8 +132,7 @@ async def test_no_clear_card_number_in_logs_topics_or_redis_after_a_replay(
         with_env=True,
         models__bundle_dir=str(engine_bundle),
         security__pan_token_key=PAN_KEY,
-        scoring__deadline_ms="30000",
-        breaker__latency_budget_ms="30000",
+        **DELIVERY_OVERRIDES,
     )
     env["FRAUDSTREAM__AUTHORIZE__GROUP_ID"] = f"authorize-{settings.worker.app_id}"
     topics = settings.kafka.topics

@@ -14,7 +14,13 @@ import pytest
 from features.definitions import DEFINITIONS_HASH
 from streams.rollout import in_canary
 from streams.topics import ensure_topics
-from tests.streams.harness import FraudstreamProcess, consume_until, produce, transaction
+from tests.streams.harness import (
+    DELIVERY_OVERRIDES,
+    FraudstreamProcess,
+    consume_until,
+    produce,
+    transaction,
+)
 from training.registry import CHALLENGER, CHAMPION, RegistryConfig
 from training.registry_mlflow import MlflowRegistry
 
@@ -48,8 +54,7 @@ async def test_shadow_canary_and_promotion_on_a_running_worker(
         models__download_dir=str(tmp_path / "downloads"),
         models__rollout_file=str(rollout),
         mlflow__tracking_uri=tracking,
-        scoring__deadline_ms="30000",
-        breaker__latency_budget_ms="30000",
+        **DELIVERY_OVERRIDES,
     )
     topics = settings.kafka.topics
     await ensure_topics(settings.kafka)

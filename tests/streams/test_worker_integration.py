@@ -15,7 +15,13 @@ import pytest
 
 from features.label_store import read_label_store
 from streams.topics import ensure_topics
-from tests.streams.harness import FraudstreamProcess, consume_until, produce, transaction
+from tests.streams.harness import (
+    DELIVERY_OVERRIDES,
+    FraudstreamProcess,
+    consume_until,
+    produce,
+    transaction,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +77,10 @@ def label(i: int) -> dict[str, Any]:
 async def test_every_transaction_gets_exactly_one_decision(
     stack: Any, make_settings: Any, engine_bundle: Path, tmp_path: Path
 ) -> None:
-    # A generous deadline: this test is about delivery, not speed (a loaded CI machine
-    # must not turn decisions into timeout defaults).
     settings, env = make_settings(
         with_env=True,
         models__bundle_dir=str(engine_bundle),
-        scoring__deadline_ms="30000",
-        breaker__latency_budget_ms="30000",
+        **DELIVERY_OVERRIDES,
     )
     topics = settings.kafka.topics
     await ensure_topics(settings.kafka)
