@@ -17,7 +17,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from fraudstream.simulator import SimulatorConfig, generate
 from streams.demo import FRAUDSTREAM_COMMAND
+from streams.replay import messages_from_frame
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,3 +214,13 @@ class TopicTail:
         if self._consumer is not None:
             await self._consumer.stop()
         return self.received
+
+
+def simulated_replay(seed: int) -> tuple[list[Any], list[str]]:
+    """Two days of simulated transactions (over 3,000) as raw (key, value) messages,
+    and their transaction ids in the same order."""
+    data = generate(SimulatorConfig(seed=seed, n_cards=1000, n_terminals=300, days=2))
+    messages = messages_from_frame(data.transactions)
+    ids = [str(i) for i in data.transactions["transaction_id"]]
+    assert len(set(ids)) == len(messages) >= 3000
+    return messages, ids

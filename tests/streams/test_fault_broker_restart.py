@@ -22,11 +22,9 @@ from typing import Any
 
 import pytest
 
-from fraudstream.simulator import SimulatorConfig, generate
-from streams.replay import messages_from_frame
 from streams.replay import produce as replay_produce
 from streams.topics import ensure_topics
-from tests.streams.harness import DELIVERY_OVERRIDES, consume_until
+from tests.streams.harness import DELIVERY_OVERRIDES, consume_until, simulated_replay
 from tests.streams.private_stack import log_tail, private_stack, running
 from tests.streams.test_dedupe import scrape, wait_for_metric
 
@@ -49,10 +47,8 @@ async def test_broker_restart_mid_replay_loses_nothing_and_acts_once(
     sig: signal.Signals, outage_s: float, engine_bundle: Path, tmp_path: Path
 ) -> None:
     began = time.monotonic()
-    data = generate(SimulatorConfig(seed=11, n_cards=1000, n_terminals=300, days=2))
-    messages = messages_from_frame(data.transactions)
-    valid_ids = set(data.transactions["transaction_id"])
-    assert len(valid_ids) == len(messages) >= 3000
+    messages, ordered_ids = simulated_replay(seed=11)
+    valid_ids = set(ordered_ids)
     half = len(messages) // 2
 
     with private_stack(tmp_path / "stack") as broker:

@@ -20,11 +20,9 @@ from typing import Any
 
 import pytest
 
-from fraudstream.simulator import SimulatorConfig, generate
-from streams.replay import messages_from_frame
 from streams.replay import produce as replay_produce
 from streams.topics import ensure_topics
-from tests.streams.harness import DELIVERY_OVERRIDES, consume_until
+from tests.streams.harness import DELIVERY_OVERRIDES, consume_until, simulated_replay
 from tests.streams.private_stack import log_tail, metric_samples, private_stack, running
 from tests.streams.test_dedupe import scrape, wait_for_metric
 
@@ -39,14 +37,12 @@ async def test_decisions_continue_degraded_while_redis_is_out_and_recover_after(
     engine_bundle: Path, tmp_path: Path
 ) -> None:
     began = time.monotonic()
-    data = generate(SimulatorConfig(seed=13, n_cards=1000, n_terminals=300, days=2))
-    messages = messages_from_frame(data.transactions)
-    valid_ids = set(data.transactions["transaction_id"])
-    assert len(valid_ids) == len(messages) >= 3000
+    messages, ordered_ids = simulated_replay(seed=13)
+    valid_ids = set(ordered_ids)
     q = len(messages) // 4
     bounds = [(0, q), (q, 2 * q), (2 * q, 3 * q), (3 * q, len(messages))]
     parts = [messages[a:b] for a, b in bounds]
-    ids = [set(data.transactions["transaction_id"].iloc[a:b]) for a, b in bounds]
+    ids = [set(ordered_ids[a:b]) for a, b in bounds]
 
     with private_stack(tmp_path / "stack") as stack:
         settings, env = stack.env(
