@@ -230,6 +230,10 @@ class NaiveRedisFeatureStore:
         total = sum(int(_fields(m)[1]) for m in events)
         mean = (total / len(events)) / 1000 if events else 0.0
         put("amount_to_card_mean_30d", tx.amount / mean if mean else _NAN)
+        for n in (1, 7):  # naive: the short window is read again, one more round trip
+            events = self._window(card, t, n * DAY_MS)
+            short = (sum(int(_fields(m)[1]) for m in events) / len(events)) / 1000
+            put(f"card_mean_{n}d_to_30d", short / mean if mean else _NAN)
 
         prev = self._previous(tx, t)
         put("secs_since_prev_card_tx", _NAN if prev is None else (t - prev[1]) / 1000)

@@ -59,6 +59,7 @@ Aggregation = Literal[
     "mean_amount",  # mean amount over the window
     "fraud_rate",  # known frauds / events in the delayed window, 0 when empty
     "amount_ratio_to_mean",  # amount / mean amount over the window
+    "mean_ratio_to_history",  # mean amount over the window / mean over CARD_HISTORY_MS
     "seconds_since_previous",  # seconds since the entity's previous event within window
     "distinct_terminals",  # distinct terminal ids in the window
     "distinct_cards",  # distinct card ids in the window
@@ -172,6 +173,22 @@ BEHAVIOUR_FEATURES: tuple[FeatureDefinition, ...] = (
         0,
         (),
         "Distinct terminals the card used in the last day, this one included.",
+    ),
+    # A card whose recent spending runs above its own month is the handbook's
+    # compromised-card pattern (amounts multiplied over two weeks): as explicit ratios
+    # the trees split on it once instead of approximating a division.
+    *(
+        FeatureDefinition(
+            f"card_mean_{n}d_to_30d",
+            "card",
+            "mean_ratio_to_history",
+            n * DAY_MS,
+            0,
+            (),
+            f"Card's mean amount over the last {n} day(s) divided by its 30-day mean "
+            "(NaN when that mean is 0).",
+        )
+        for n in (1, 7)
     ),
 )
 

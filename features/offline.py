@@ -250,6 +250,7 @@ def _card_features(card: _Entity, h: pl.DataFrame, milli: I64, term_code: I64) -
     out: dict[str, F64] = {}
     csum = np.concatenate([[0], np.cumsum(milli[card.rows])])
     amount = h["amount"].to_numpy().astype(np.float64)[card.rows]
+    means: dict[int, F64] = {}
     for days in _CARD_WINDOWS_DAYS:
         lo = card.trailing_start(days * DAY_MS)
         count = (card.pos + 1 - lo).astype(np.float64)
@@ -257,11 +258,16 @@ def _card_features(card: _Entity, h: pl.DataFrame, milli: I64, term_code: I64) -
         mean = (total / count) / AMOUNT_SCALE
         out[f"card_nb_tx_{days}d"] = card.scatter(count, n)
         out[f"card_avg_amount_{days}d"] = card.scatter(mean, n)
+        means[days] = mean
         if days == 30:
-            ratio = np.full(len(card), np.nan)
             nz = total != 0
+            ratio = np.full(len(card), np.nan)
             ratio[nz] = amount[nz] / mean[nz]
             out["amount_to_card_mean_30d"] = card.scatter(ratio, n)
+            for short in (1, 7):
+                ratio = np.full(len(card), np.nan)
+                ratio[nz] = means[short][nz] / mean[nz]
+                out[f"card_mean_{short}d_to_30d"] = card.scatter(ratio, n)
 
     # The previous transaction of the card, if within the card history window.
     has_prev = card.pos > card.start

@@ -330,8 +330,10 @@ for _, tx in ipairs(rows) do
   local days = math.floor(t / DAY)
   local weekday = (days + 3) % 7
   local hour = math.floor((t - days * DAY) / HOUR)
-  local ratio = NAN
-  if avg30 == avg30 then ratio = tx.amount / avg30 end
+  local ratio, mean1, mean7 = NAN, NAN, NAN
+  if avg30 == avg30 then
+    ratio, mean1, mean7 = tx.amount / avg30, feats[1][2] / avg30, feats[2][2] / avg30
+  end
   local o = #out
   out[o + 1], out[o + 2], out[o + 3] = tx.amount, (weekday >= 5) and 1 or 0, (hour <= 6) and 1 or 0
   out[o + 4], out[o + 5], out[o + 6] = feats[1][1], feats[1][2], feats[2][1]
@@ -339,8 +341,9 @@ for _, tx in ipairs(rows) do
   out[o + 10], out[o + 11], out[o + 12] = tfeats[1][1], tfeats[1][2], tfeats[2][1]
   out[o + 13], out[o + 14], out[o + 15] = tfeats[2][2], tfeats[3][1], tfeats[3][2]
   out[o + 16], out[o + 17], out[o + 18] = ratio, secs, nterms
-  out[o + 19], out[o + 20], out[o + 21] = devnew, dev_cards, ip_cards
-  out[o + 22], out[o + 23], out[o + 24] = dist, speed, mcc_risk
+  out[o + 19], out[o + 20] = mean1, mean7
+  out[o + 21], out[o + 22], out[o + 23] = devnew, dev_cards, ip_cards
+  out[o + 24], out[o + 25], out[o + 26] = dist, speed, mcc_risk
 
   -- record the transaction once (idempotent by id: `seen` came from the card hash)
   if not seen then

@@ -288,6 +288,7 @@ class InMemoryFeatureStore:
 
         card = self._cards[e.card]
         end = card.end(t, e.id)
+        means: dict[int, float] = {}
         for days in (1, 7, 30):
             lo = card.after(t - days * DAY_MS)
             window = card.data[lo:end]
@@ -295,8 +296,12 @@ class InMemoryFeatureStore:
             mean = (total / len(window)) / AMOUNT_SCALE
             out[f"card_nb_tx_{days}d"] = float(len(window))
             out[f"card_avg_amount_{days}d"] = mean
+            means[days] = mean
             if days == 30:
                 out["amount_to_card_mean_30d"] = e.amount / mean if total != 0 else NAN
+                for short in (1, 7):
+                    ratio = means[short] / mean if total != 0 else NAN
+                    out[f"card_mean_{short}d_to_30d"] = ratio
             if days == 1:
                 out["card_distinct_terminals_1d"] = float(len({x.terminal for x in window}))
             if days == 30:

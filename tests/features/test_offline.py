@@ -119,6 +119,8 @@ def test_card_windows_exclude_an_event_exactly_n_days_before() -> None:
             "card_avg_amount_7d": [100, 75, 60, 100 / 3, 10, 25, 7],
             "card_avg_amount_30d": [100, 75, 60, 50, 27.5, 25, 7],
             "amount_to_card_mean_30d": [1, 50 / 75, 0.5, 0.4, 10 / 27.5, 1.6, 1],
+            "card_mean_1d_to_30d": [1, 1, 40 / 60, 0.4, 10 / 27.5, 1, 1],
+            "card_mean_7d_to_30d": [1, 1, 1, (100 / 3) / 50, 10 / 27.5, 1, 1],
             # previous exactly 30 days before is outside the card history: NaN
             "secs_since_prev_card_tx": [
                 NAN,
@@ -285,6 +287,7 @@ def test_amounts_are_summed_exactly_and_zero_mean_ratio_is_nan() -> None:
     x = T0 + HOUR_MS
     got = features([tx(f"z{i}", x + i, amount=0.0) for i in range(2)] + [tx("z2", x + 2, amount=5)])
     check(got, {"amount_to_card_mean_30d": [NAN, NAN, 3.0]})
+    check(got, {"card_mean_1d_to_30d": [NAN, NAN, 1.0], "card_mean_7d_to_30d": [NAN, NAN, 1.0]})
     got = features([tx(f"a{i}", x + i, amount=a) for i, a in enumerate((0.1, 0.2, 0.3))])
     assert got["card_avg_amount_1d"][2] == 0.2  # (600 milli / 3) / 1000, exactly
     assert got["card_avg_amount_1d"][1] == 0.15
