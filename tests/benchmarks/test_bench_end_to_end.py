@@ -1,0 +1,35 @@
+"""The end-to-end report's arithmetic: the median of repeated drains and its spread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.bench_end_to_end import Run, median_drain, report
+
+
+def drain(rate: float, decided: int = 1000, system: str = "engine") -> Run:
+    return Run(system, 1, "peak", None, 1000, decided, rate)
+
+
+def test_the_median_drain_carries_every_rate_and_the_fewest_decided() -> None:
+    runs = [drain(1800.0), drain(1200.0, decided=998), drain(1500.0)]
+    got = median_drain(runs)
+    assert got.rate == 1500.0
+    assert got.drains == [1800.0, 1200.0, 1500.0]
+    assert got.decided == 998  # a drain that lost decisions is not hidden by the median
+
+
+def test_an_even_count_takes_the_lower_middle_and_one_drain_is_itself() -> None:
+    assert median_drain([drain(3.0), drain(1.0), drain(4.0), drain(2.0)]).rate == 2.0
+    single = median_drain([drain(7.0)])
+    assert (single.rate, single.drains) == (7.0, [7.0])
+
+
+def test_the_report_shows_the_spread_and_ratios_of_medians(tmp_path: Path) -> None:
+    engine = median_drain([drain(1800.0), drain(1200.0), drain(1500.0)])
+    noop = median_drain([drain(6000.0, system="noop"), drain(3000.0, system="noop")])
+    text = report([engine, noop], "setup", tmp_path)
+    assert "| engine | 1 | peak |  | 1,000 | 1,000 | 1,500 | 3: 1,200–1,800 |" in text
+    assert "| noop | 1 | peak |  | 1,000 | 1,000 | 3,000 | 2: 3,000–6,000 |" in text
+    assert "- engine / noop: 0.50" in text
+    assert (tmp_path / "end_to_end.json").exists()
