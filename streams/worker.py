@@ -17,6 +17,7 @@ a thread every ``models.poll_interval_s`` and swapped in between batches). A
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -417,6 +418,21 @@ def build_worker_app(
     return app
 
 
+def freeze_startup_objects() -> int:
+    """Move everything alive after start-up (the imported libraries, the loaded engine)
+    out of the garbage collector's reach; returns how many objects that is.
+
+    Why: a full collection walks every tracked object, and torch, polars, pandas and
+    Faust leave ~300,000 of them. Measured on the benchmark worker, each full collection
+    stopped the event loop and the decision thread for 130-250 ms, several times a
+    minute, which was the decisions' latency tail (p99 357 ms at half the peak rate).
+    Frozen, the same collections take 7-38 ms (p99 168 ms in the same run). Nothing is
+    leaked: frozen objects are the ones a worker keeps until it exits anyway."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def run_worker(settings: Settings) -> None:
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = EngineMetrics()
@@ -426,5 +442,6 @@ def run_worker(settings: Settings) -> None:
     if settings.worker.metrics_port:
         metrics.serve(settings.worker.metrics_port)
     app = build_worker_app(settings, metrics, parts)
+    freeze_startup_objects()
     worker = faust.Worker(app, loglevel=settings.worker.log_level.lower(), quiet=True)
     worker.execute_from_commandline()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from fraudstream.wire import Transaction
 from models.decide import EnginePipeline
 from streams.demo import FRAUDSTREAM_COMMAND
 from streams.scoring import NoHooks
-from streams.worker import build_scoring, build_worker_app
+from streams.worker import build_scoring, build_worker_app, freeze_startup_objects
 from tests.streams.harness import REPO
 from tests.training.factories import engine_settings, last_day_batch
 from training.engine import load_engine
@@ -214,3 +215,14 @@ def test_a_bad_rollout_file_stops_start_up_naming_file_line_and_field(
         2,
         "shadow",
     )
+
+
+def test_startup_objects_are_kept_out_of_full_collections() -> None:
+    """A full collection must not walk the libraries and the engine (see the helper)."""
+    before = len(gc.get_objects())
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 10_000
+        assert len(gc.get_objects()) < before - 10_000  # a collection no longer sees them
+    finally:
+        gc.unfreeze()
