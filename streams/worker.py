@@ -442,6 +442,8 @@ def run_worker(settings: Settings) -> None:
     if settings.worker.metrics_port:
         metrics.serve(settings.worker.metrics_port)
     app = build_worker_app(settings, metrics, parts)
+    if parts.gnn is not None:
+        parts.gnn.warm_up()  # before the freeze: torch's objects are start-up objects too
     freeze_startup_objects()
     worker = faust.Worker(app, loglevel=settings.worker.log_level.lower(), quiet=True)
     worker.execute_from_commandline()

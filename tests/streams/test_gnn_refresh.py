@@ -3,6 +3,8 @@ place once due; a model swapped out takes its graph state with it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 from models.gnn import GNNScorer
 from streams.gnn_refresh import GNN_LAYER, GnnRefresh
 from tests.models.factories import small_gnn_config, synthetic_world, wire_transactions
+from tests.streams.harness import REPO
 
 
 @dataclass
@@ -50,3 +53,33 @@ def test_due_engines_are_refreshed_in_place_and_swapped_out_ones_forgotten() -> 
     refresh.observe(traffic[-10:])
     assert refresh.refresh_due() == 0  # its own state starts empty
     assert successor.layers[GNN_LAYER] is gnn
+
+
+WARM_UP = """
+import sys
+from streams.gnn_refresh import GNN_LAYER, GnnRefresh
+from models.gnn import GNNScorer
+
+class Engine:
+    def __init__(self, layers): self.layers = layers
+
+gnn = GNNScorer.__new__(GNNScorer)  # only its type matters to warm_up
+assert not GnnRefresh(lambda: [Engine({"xgboost": object()})]).warm_up()
+assert "torch_geometric" not in sys.modules, "serving imported PyG by itself"
+assert GnnRefresh(lambda: [Engine({GNN_LAYER: gnn})]).warm_up()
+assert "torch_geometric" in sys.modules and "models.gnn.training" in sys.modules
+"""
+
+
+def test_warm_up_imports_the_refresh_machinery_only_with_a_gnn_layer() -> None:
+    """In a fresh interpreter: serving alone never imports PyTorch Geometric, so the
+    worker must import it at start-up rather than at the first refresh, mid-stream."""
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_UP],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
