@@ -162,7 +162,10 @@ def _ids(messages: Sequence[Message]) -> set[str]:
     return {json.loads(v)["transaction_id"] for _, v in messages}
 
 
-def _summarise(run: Run, seen: Seen, latency: bool) -> Run:
+CDF_POINTS = 1_000  # latencies kept per paced run for the CDF plot (evenly by rank)
+
+
+def summarise(run: Run, seen: Seen, latency: bool) -> Run:
     if not seen:
         return run
     stamps = np.array([s for s, _ in seen], dtype=np.int64)
@@ -176,6 +179,9 @@ def _summarise(run: Run, seen: Seen, latency: bool) -> Run:
         run.latency_ms = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)} | {
             "max": float(lat.max())
         }
+        ranked = np.sort(lat)
+        keep = np.linspace(0, len(ranked) - 1, min(len(ranked), CDF_POINTS)).round().astype(int)
+        run.latency_sample = ranked[keep].tolist()
     return run
 
 
@@ -202,7 +208,7 @@ def measure(
     try:
         seen = asyncio.run(_collect(settings, _ids(messages), timeout_s=120))
         peak = Run(system, workers, "peak", None, len(messages), 0, 0.0)
-        runs.append(_summarise(peak, seen, latency=False))
+        runs.append(summarise(peak, seen, latency=False))
         for rate in rates:
             fresh = [(k, _renamed(v)) for k, v in messages[:rate_messages]]
 
@@ -213,7 +219,7 @@ def measure(
 
             got = asyncio.run(live())
             paced = Run(system, workers, "rate", rate, len(fresh), 0, 0.0)
-            runs.append(_summarise(paced, got, latency=True))
+            runs.append(summarise(paced, got, latency=True))
     finally:
         procs.stop()
     return runs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.bench_end_to_end import Run, median_drain, report
+from benchmarks.bench_end_to_end import CDF_POINTS, Run, _plots, median_drain, report, summarise
 
 
 def drain(rate: float, decided: int = 1000, system: str = "engine") -> Run:
@@ -33,3 +33,17 @@ def test_the_report_shows_the_spread_and_ratios_of_medians(tmp_path: Path) -> No
     assert "| noop | 1 | peak |  | 1,000 | 1,000 | 3,000 | 2: 3,000–6,000 |" in text
     assert "- engine / noop: 0.50" in text
     assert (tmp_path / "end_to_end.json").exists()
+
+
+def test_a_paced_run_keeps_its_latencies_for_the_cdf_plot(tmp_path: Path) -> None:
+    # (broker timestamp, event time) in ms: latencies 0, 3, 6, ... over 3 seconds
+    seen = [(1_000_000 + i, 1_000_000 - 2 * i) for i in range(3000)]
+    run = summarise(Run("engine", 1, "rate", 1000.0, 3000, 0, 0.0), seen, latency=True)
+    assert run.decided == 3000 and run.latency_ms["p50"] == 4498.5
+    sample = run.latency_sample
+    assert len(sample) == CDF_POINTS and sample == sorted(sample)
+    assert (sample[0], sample[-1]) == (0.0, 8997.0)  # the extremes are kept
+    peak = summarise(Run("engine", 1, "peak", None, 3000, 0, 0.0), seen, latency=False)
+    assert peak.latency_sample == [] and peak.latency_ms == {}
+    _plots([peak, run], tmp_path)
+    assert (tmp_path / "e2e_latency_cdf.png").stat().st_size > 0
