@@ -234,6 +234,12 @@ def test_report_tables_hold_every_row_and_the_published_bar(
     for name in VARIANTS:
         assert f"| {name} |" in text
     assert "±" in text and "recall@1%FPR" in text
+    # The engine fold by fold, to four decimals, and their mean.
+    engine = tiny_result.per_fold["engine"]
+    for window, fold in zip(tiny_result.windows, engine, strict=True):
+        assert f"| {window} | {fold['auc_roc']:.4f} |" in text
+    mean_ap = sum(f["average_precision"] for f in engine) / len(engine)
+    assert f"**{mean_ap:.4f}**" in text
     handbook = EvaluationResult(
         "handbook", "test", ("ran",), tiny_result.summary, tiny_result.columns[:3]
     )
