@@ -37,8 +37,12 @@ class GnnRefresh:
         self._lock = threading.Lock()
         self.refreshed = 0
 
+    def _with_gnn(self) -> list[Any]:
+        """The engines in force that have a GNN layer."""
+        return [e for e in self._engines() if isinstance(e.layers.get(GNN_LAYER), GNNScorer)]
+
     def _current(self) -> list[tuple[Any, EmbeddingRefresher]]:
-        live = [e for e in self._engines() if isinstance(e.layers.get(GNN_LAYER), GNNScorer)]
+        live = self._with_gnn()
         with self._lock:
             keep = {id(e) for e in live}
             for key in [k for k in self._refreshers if k not in keep]:
@@ -59,7 +63,7 @@ class GnnRefresh:
         refresh thread. Importing takes ~3 s on a quiet machine and 11 s was measured in
         a busy worker, with the interpreter lock held most of the time: every decision
         of those seconds waited (the paced benchmark's p95 went to 0.9-1.9 s)."""
-        if not any(isinstance(e.layers.get(GNN_LAYER), GNNScorer) for e in self._engines()):
+        if not self._with_gnn():
             return False
         importlib.import_module("models.gnn.training")
         return True
