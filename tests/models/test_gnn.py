@@ -97,6 +97,19 @@ def test_training_is_reproducible(world: World) -> None:
     assert a.version == b.version
 
 
+def test_training_on_two_threads_is_reproducible_on_a_large_graph() -> None:
+    # Below some size torch's CPU scatter sums run on one thread anyway; at 60,000
+    # payments two trainings on two threads differed until deterministic kernels.
+    big = synthetic_world(60_000, seed=5, days=10.0)
+    config = small_gnn_config(
+        history_days=4.0, epochs=2, head_epochs=0, train_threads=2, label_delay_days=2.0
+    )
+    a = GNNScorer.fit(big.transactions, None, big.labels, config=config)
+    b = GNNScorer.fit(big.transactions, None, big.labels, config=config)
+    assert a.version == b.version
+    assert not torch.are_deterministic_algorithms_enabled()  # put back afterwards
+
+
 def test_refresh_reads_what_the_graph_state_knows(graph_only: GNNScorer, world: World) -> None:
     as_of = world.transactions["event_time"].max() + timedelta(hours=1)
     unlabelled = GraphState(graph_only.entity_columns, timedelta(days=20))
