@@ -26,6 +26,11 @@ QUICK_SIMULATION = ["--cards", "1000", "--terminals", "300"]
 
 
 def evaluate(protocol: str, out: Path, extra: Sequence[str]) -> int:
+    root = HERE.parent
+    # Relative to the repository root (the command's working directory) when inside it,
+    # so the report's "Command:" line reads the same on every clone.
+    if out.resolve().is_relative_to(root):
+        out = out.resolve().relative_to(root)
     command = [
         sys.executable, "-m", "fraudstream.cli", "evaluate", "--protocol", protocol,
         "--out", str(out), *extra,
