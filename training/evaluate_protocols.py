@@ -36,6 +36,7 @@ from features.definitions import DAY_MS, FEATURE_NAMES, LABEL_DELAY_MS
 from features.matrix import FeatureMatrix
 from features.offline import build_features
 from features.table import epoch_ms
+from training.ceilings import Ceilings, card_precision_ceilings, first_terminal_frauds
 from training.crossfit import CrossFitParams
 from training.engine import TrainingParams
 from training.evaluate import (
@@ -44,6 +45,7 @@ from training.evaluate import (
     Say,
     ScorePool,
     Window,
+    assessed_rows,
     describe_xgboost,
     evaluate_window,
     fit_fixed_layers,
@@ -102,6 +104,7 @@ class EvaluationResult:
     chosen: str = ""
     windows: tuple[str, ...] = ()
     per_fold: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    ceilings: tuple[Ceilings, ...] = ()  # per window: CP@100 reachable (training.ceilings)
 
 
 def midnight_ms(day: date) -> int:
@@ -246,6 +249,13 @@ def run_handbook(
             )
     summary, per = _summaries(results)
     split = _training_split(cross_fit, layers_days)
+    first_frauds = first_terminal_frauds(data, truth)
+    ceilings = tuple(
+        card_precision_ceilings(
+            data, assessed_rows(data, w), truth, first_frauds, delay_ms=LABEL_DELAY_MS
+        )
+        for w in windows
+    )
     return EvaluationResult(
         protocol="handbook",
         folds=folds,
@@ -267,6 +277,7 @@ def run_handbook(
         chosen=describe_xgboost(chosen.xgboost),
         windows=tuple(w.name for w in windows),
         per_fold=per,
+        ceilings=ceilings,
     )
 
 

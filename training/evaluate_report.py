@@ -64,6 +64,7 @@ def markdown(result: EvaluationResult, command: str) -> str:
         "fitted without that layer (what the engine runs when its breaker is open).",
     ]
     lines += _per_fold(result)
+    lines += _ceilings(result)
     if result.protocol == "handbook":
         lines += [
             "",
@@ -123,6 +124,46 @@ def _per_fold(result: EvaluationResult) -> list[str]:
     ]
 
 
+def ceiling_rows(result: EvaluationResult) -> list[list[str]]:
+    """Per window: the engine's CP@100, the knowable and the perfect ceilings, and the
+    share of the knowable one reached; then the means."""
+    folds = result.per_fold.get("engine", [])
+    if not result.ceilings or len(result.ceilings) != len(folds):
+        return []
+    cp = [f.get("card_precision_at_100", float("nan")) for f in folds]
+    body = [
+        [w, f"{e:.4f}", f"{c.knowable:.4f}", f"{c.perfect:.4f}", f"{e / c.knowable:.0%}"]
+        for w, e, c in zip(result.windows, cp, result.ceilings, strict=True)
+    ]
+    mean_cp = sum(cp) / len(cp)
+    knowable = sum(c.knowable for c in result.ceilings) / len(cp)
+    perfect = sum(c.perfect for c in result.ceilings) / len(cp)
+    body.append(
+        ["mean", f"{mean_cp:.4f}", f"{knowable:.4f}", f"{perfect:.4f}", f"{mean_cp / knowable:.0%}"]
+    )
+    return body
+
+
+CEILING_HEAD = ["window", "engine", "knowable ceiling", "perfect ceiling", "engine / knowable"]
+
+
+def _ceilings(result: EvaluationResult) -> list[str]:
+    body = ceiling_rows(result)
+    if not body:
+        return []
+    return [
+        "",
+        "## How much CP@100 can be reached",
+        "",
+        *_md_table(CEILING_HEAD, body),
+        "",
+        "*perfect*: the ground truth itself as the score. *knowable*: the same, except "
+        "that frauds at a compromised terminal within the 7-day label delay of its first "
+        "fraud score as legitimate payments: nothing known at decision time tells them "
+        "apart (`training/ceilings.py`).",
+    ]
+
+
 def rich_tables(result: EvaluationResult) -> list[Table]:
     main = Table(title=f"{result.protocol} protocol, {result.folds} folds: mean ± std")
     main.add_column("engine")
@@ -138,6 +179,13 @@ def rich_tables(result: EvaluationResult) -> list[Table]:
         for m, a, p, c in HANDBOOK_PUBLISHED:
             bar.add_row(m, f"{a:.3f}", f"{p:.3f}", f"{c:.3f}")
         tables.append(bar)
+    if ceiling_rows(result):
+        reach = Table(title="CP@100 reachable: knowable (labels 7 days late) and perfect")
+        for name in CEILING_HEAD:
+            reach.add_column(name, justify="left" if name == "window" else "right")
+        for row in ceiling_rows(result):
+            reach.add_row(*row)
+        tables.append(reach)
     if result.grid:
         grid = Table(title="XGBoost grid on the validation folds (full engine)")
         for name in ("XGBoost", "AP", "AUC ROC", "CP@100"):

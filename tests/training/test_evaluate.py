@@ -3,6 +3,7 @@ whole (tiny) simulated protocol run producing every row."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from features.matrix import FeatureMatrix
 from fraudstream.settings import DEFAULT_CONFIG_FILE, load_settings
 from fraudstream.simulator import LabelConfig, SimulatorConfig, generate
 from tests.training.factories import last_day_batch, train_small_engine
+from training.ceilings import Ceilings
 from training.engine import TrainedEngine
 from training.evaluate import (
     LAYERS,
@@ -246,7 +248,16 @@ def test_report_tables_hold_every_row_and_the_published_bar(
     text = markdown(handbook, "fraudstream evaluate")
     for model, *_ in HANDBOOK_PUBLISHED:
         assert model in text
+    assert "can be reached" not in text  # no ceilings measured, no section
     assert len(rich_tables(handbook)) == 2 and len(rich_tables(tiny_result)) == 1
+    # With CP@100 ceilings: each fold's engine beside them, and the share reached.
+    ceilings = tuple(Ceilings(perfect=0.4, knowable=0.3) for _ in engine)
+    reached = replace(handbook, windows=tiny_result.windows, per_fold=tiny_result.per_fold,
+                      ceilings=ceilings)  # fmt: skip
+    text = markdown(reached, "fraudstream evaluate")
+    cp = engine[0]["card_precision_at_100"]
+    assert f"| {tiny_result.windows[0]} | {cp:.4f} | 0.3000 | 0.4000 | {cp / 0.3:.0%} |" in text
+    assert len(rich_tables(reached)) == 3
     assert set(LAYERS) == {"xgboost", "gnn", "iforest", "rules"}
 
 
@@ -319,6 +330,9 @@ def test_handbook_protocol_tunes_on_validation_then_reports_test_folds(tmp_path:
     fitted = [m.split(":")[0] for m in said if "XGBoost" in m]
     assert fitted == ["validation 0 (2018-07-11)"] * 2 + ["test 0 (2018-08-08)"]
     assert "(chosen)" in markdown(result, "fraudstream evaluate")
+    # The CP@100 ceilings of the test window, from its ground truth.
+    (ceiling,) = result.ceilings
+    assert 0.0 < ceiling.knowable <= ceiling.perfect <= 1.0
     validation = run_handbook(
         path, RULES_FILE, folds="validation", quick=True, n_folds=1, grid=grid, threads=1
     )
