@@ -36,10 +36,12 @@ def test_the_report_shows_the_spread_and_ratios_of_medians(tmp_path: Path) -> No
 
 
 def test_a_paced_run_keeps_its_latencies_for_the_cdf_plot(tmp_path: Path) -> None:
-    # (broker timestamp, event time) in ms: latencies 0, 3, 6, ... over 3 seconds
-    seen = [(1_000_000 + i, 1_000_000 - 2 * i) for i in range(3000)]
+    # (broker timestamp, event time, decided_at) in ms: latencies 0, 3, 6, ... over 3
+    # seconds, a third of each spent before the worker stamped its decision
+    seen = [(1_000_000 + i, 1_000_000 - 2 * i, 1_000_000 - i) for i in range(3000)]
     run = summarise(Run("engine", 1, "rate", 1000.0, 3000, 0, 0.0), seen, latency=True)
     assert run.decided == 3000 and run.latency_ms["p50"] == 4498.5
+    assert run.latency_ms["decided_p50"] == 1499.5
     sample = run.latency_sample
     assert len(sample) == CDF_POINTS and sample == sorted(sample)
     assert (sample[0], sample[-1]) == (0.0, 8997.0)  # the extremes are kept
@@ -47,3 +49,6 @@ def test_a_paced_run_keeps_its_latencies_for_the_cdf_plot(tmp_path: Path) -> Non
     assert peak.latency_sample == [] and peak.latency_ms == {}
     _plots([peak, run], tmp_path)
     assert (tmp_path / "e2e_latency_cdf.png").stat().st_size > 0
+    lat = run.latency_ms
+    row = f"| 4498.5 | {lat['p95']:.1f} | {lat['p99']:.1f} | 1499.5 / {lat['decided_p99']:.1f} |"
+    assert row in report([run], "setup", tmp_path)
