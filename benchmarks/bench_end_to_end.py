@@ -127,7 +127,7 @@ class Workers:
 
 
 # (decision's broker timestamp, transaction's event time, decision's decided_at), ms
-Seen = list[tuple[int, int, int]]
+Seen = list[tuple[int, int, int | None]]
 
 
 async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Seen:
@@ -154,7 +154,12 @@ async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Se
                     doc = json.loads(r.value)
                     tx = doc["transaction_id"]
                     if tx in wanted and tx not in out:
-                        out[tx] = (r.timestamp, _ms(doc["event_time"]), _ms(doc["decided_at"]))
+                        decided = doc.get("decided_at")  # the no-op worker echoes input
+                        out[tx] = (
+                            r.timestamp,
+                            _ms(doc["event_time"]),
+                            None if decided is None else _ms(decided),
+                        )
                         idle_since = time.monotonic()
     finally:
         await consumer.stop()
@@ -183,12 +188,14 @@ def summarise(run: Run, seen: Seen, latency: bool) -> Run:
     run.per_second = np.bincount(seconds).astype(int).tolist()
     if latency:
         lat = np.array([s - e for s, e, _ in seen], dtype=np.float64)
-        to_decision = np.array([d - e for _, e, d in seen], dtype=np.float64)
-        run.latency_ms = (
-            {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)}
-            | {"max": float(lat.max())}
-            | {f"decided_p{q}": float(np.percentile(to_decision, q)) for q in (50, 99)}
-        )
+        run.latency_ms = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)} | {
+            "max": float(lat.max())
+        }
+        to_decision = np.array([d - e for _, e, d in seen if d is not None], dtype=np.float64)
+        if len(to_decision):
+            run.latency_ms |= {
+                f"decided_p{q}": float(np.percentile(to_decision, q)) for q in (50, 99)
+            }
         ranked = np.sort(lat)
         keep = np.linspace(0, len(ranked) - 1, min(len(ranked), CDF_POINTS)).round().astype(int)
         run.latency_sample = ranked[keep].tolist()

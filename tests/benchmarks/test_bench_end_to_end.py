@@ -52,3 +52,8 @@ def test_a_paced_run_keeps_its_latencies_for_the_cdf_plot(tmp_path: Path) -> Non
     lat = run.latency_ms
     row = f"| 4498.5 | {lat['p95']:.1f} | {lat['p99']:.1f} | 1499.5 / {lat['decided_p99']:.1f} |"
     assert row in report([run], "setup", tmp_path)
+    # Outputs without a decided_at (the no-op worker echoes its input): no split.
+    echoed = [(stamp, event, None) for stamp, event, _ in seen]
+    noop = summarise(Run("noop", 1, "rate", 1000.0, 3000, 0, 0.0), echoed, latency=True)
+    assert noop.latency_ms["p50"] == 4498.5 and "decided_p50" not in noop.latency_ms
+    assert "| 4498.5 |" in report([noop], "setup", tmp_path)
