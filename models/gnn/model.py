@@ -45,9 +45,10 @@ def reproducible_torch(threads: int | None = None) -> Iterator[None]:
     gradients (scatter and index-add sums) add floats in an order that varies from run
     to run once a graph is large: two trainings on the same handbook week, same seed,
     gave models ~0.3 apart on some scores, and two full evaluations differed by 0.003
-    in the GNN's average precision. Deterministic kernels cost nothing measurable here
-    (a handbook week, 10 epochs: 2.0 s either way). Both settings are process-wide,
-    so they are put back on the way out.
+    in the GNN's average precision. Deterministic kernels were not slower here (a
+    handbook week, 10 epochs: 2.0 s either way; the whole handbook evaluation went from
+    14-20 min to ~5.5 min on two cores). Both settings are process-wide, so they are
+    put back on the way out.
     """
     previous_threads = torch.get_num_threads()
     previous_mode = torch.are_deterministic_algorithms_enabled()
