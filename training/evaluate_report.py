@@ -132,16 +132,21 @@ def ceiling_rows(result: EvaluationResult) -> list[list[str]]:
         return []
     cp = [f.get("card_precision_at_100", float("nan")) for f in folds]
     body = [
-        [w, f"{e:.4f}", f"{c.knowable:.4f}", f"{c.perfect:.4f}", f"{e / c.knowable:.0%}"]
+        [w, f"{e:.4f}", f"{c.knowable:.4f}", f"{c.perfect:.4f}", _share(e, c.knowable)]
         for w, e, c in zip(result.windows, cp, result.ceilings, strict=True)
     ]
     mean_cp = sum(cp) / len(cp)
     knowable = sum(c.knowable for c in result.ceilings) / len(cp)
     perfect = sum(c.perfect for c in result.ceilings) / len(cp)
     body.append(
-        ["mean", f"{mean_cp:.4f}", f"{knowable:.4f}", f"{perfect:.4f}", f"{mean_cp / knowable:.0%}"]
+        ["mean", f"{mean_cp:.4f}", f"{knowable:.4f}", f"{perfect:.4f}", _share(mean_cp, knowable)]
     )
     return body
+
+
+def _share(value: float, ceiling: float) -> str:
+    # A fold without one knowable fraud has nothing to reach.
+    return f"{value / ceiling:.0%}" if ceiling > 0 else "n/a"
 
 
 CEILING_HEAD = ["window", "engine", "knowable ceiling", "perfect ceiling", "engine / knowable"]

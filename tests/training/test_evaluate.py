@@ -258,6 +258,8 @@ def test_report_tables_hold_every_row_and_the_published_bar(
     cp = engine[0]["card_precision_at_100"]
     assert f"| {tiny_result.windows[0]} | {cp:.4f} | 0.3000 | 0.4000 | {cp / 0.3:.0%} |" in text
     assert len(rich_tables(reached)) == 3
+    nothing = replace(reached, ceilings=tuple(Ceilings(perfect=0.0, knowable=0.0) for _ in engine))
+    assert "| 0.0000 | 0.0000 | n/a |" in markdown(nothing, "fraudstream evaluate")
     assert set(LAYERS) == {"xgboost", "gnn", "iforest", "rules"}
 
 
