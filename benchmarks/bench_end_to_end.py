@@ -21,9 +21,10 @@ topics and a consumer group of its own, against the dev stack (brought up if nee
 * **Latency at 50 / 70 / 90 % of the peak**: with the workers running, transactions are
   produced at that open-loop rate with live event times; latency is the decision's
   broker timestamp minus the transaction's event time (which the decision repeats).
-  It is split at the decision's ``decided_at`` (stamped by the worker when the batch is
-  decided): event time to ``decided_at`` is the wait in Kafka, in Faust's buffers and in
-  the decision step; the rest is producing the decision to the broker.
+  It is split at the decision's ``decided_at`` (when the worker made the decision: the
+  batch's start plus its feature lookup and scoring): event time to ``decided_at`` is
+  the wait in Kafka and Faust's buffers plus the decision step; the rest is producing
+  the decision and the wait for the broker's acknowledgements.
 * **Scaling**: the engine's peak with 1, 2 and 4 workers (the topic has 4 partitions).
 
 The report (markdown, JSON and PNG plots: latency CDF, throughput over time) goes to

@@ -431,11 +431,16 @@ class EnginePipeline:
     def decide(
         self, transactions: Sequence[Transaction], now: datetime, deadline: Deadline | None = None
     ) -> list[Decision]:
-        deadline = deadline or Deadline.after_ms(self.engine.scoring.deadline_ms, self.engine.clock)
+        clock = self.engine.clock
+        started = clock()
+        deadline = deadline or Deadline.after_ms(self.engine.scoring.deadline_ms, clock)
         try:
             matrix, degraded = self._features(transactions), False
         except FeatureStoreError as exc:
             if self._on_store_error is not None:
                 self._on_store_error(exc)
             matrix, degraded = self._transaction_features(transactions), True
+        # The feature lookup is part of deciding: a decision's decided_at and latency_ms
+        # count it (the engine adds its own scoring time to the ``now`` it is given).
+        now += timedelta(seconds=clock() - started)
         return self.engine.decide(ScoringBatch(transactions, matrix, degraded), now, deadline)

@@ -347,6 +347,22 @@ def test_with_the_feature_store_up_the_pipeline_passes_its_features() -> None:
     assert decisions == rig.engine.decide(batch, NOW)
 
 
+def test_decided_at_counts_the_feature_lookup_and_the_scoring() -> None:
+    rig = make_rig()
+    rig.layers["gnn"].mode, rig.layers["gnn"].delay_s = "slow", 0.004
+    batch = scoring_batch()
+
+    def slow_store(transactions: Any) -> FeatureMatrix:
+        rig.clock.advance(0.009)
+        return batch.features
+
+    pipeline = EnginePipeline(rig.engine, slow_store, transaction_only)
+    decision = pipeline.decide(batch.transactions, NOW)[0]
+    assert decision.decided_at == NOW + timedelta(milliseconds=13)
+    tx = batch.transactions[0]
+    assert decision.latency_ms == pytest.approx((NOW - tx.event_time).total_seconds() * 1000 + 13)
+
+
 # --- the hard deadline -------------------------------------------------------------------------
 
 
