@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features.table import epoch_ms
 from fraudstream.devstack.testing import shared_dev_stack
 from fraudstream.settings import Settings, load_settings
 from streams.replay import Message, messages_from_frame, produce
@@ -168,7 +169,7 @@ async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Se
 
 
 def _ms(iso: str) -> int:
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+    return epoch_ms(datetime.fromisoformat(iso))
 
 
 def _ids(messages: Sequence[Message]) -> set[str]:

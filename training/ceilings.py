@@ -22,7 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from training.evaluate import Prepared, window_metrics
+from training.evaluate import Prepared
+from training.metrics import card_precision_at_k
 
 # The handbook simulator's scenario number for a compromised terminal.
 TERMINAL_SCENARIO = 2
@@ -72,20 +73,29 @@ def card_precision_ceilings(
     k: int = 100,
 ) -> Ceilings:
     """Both ceilings on the assessed ``rows`` of one fold."""
-    part = data.history[rows.tolist()].select("transaction_id", "terminal_id", "event_time_ms")
-    known = part.join(truth, on="transaction_id", how="left", maintain_order="left")
-    y = known["is_fraud"].cast(pl.Float64).to_numpy()
+    frame = (
+        data.history[rows.tolist()]
+        .select("transaction_id", "card_id", "terminal_id", "event_time_ms")
+        .join(truth, on="transaction_id", how="left", maintain_order="left")
+    )
+    y = frame["is_fraud"].cast(pl.Float64).to_numpy()
     hidden = unknowable_frauds(
-        known["terminal_id"],
-        known["event_time_ms"],
-        known["scenario"],
+        frame["terminal_id"],
+        frame["event_time_ms"],
+        frame["scenario"],
         first_terminal_fraud_ms,
         delay_ms,
     )
     ties = 1e-9 * np.random.default_rng(_TIE_SEED).random(len(y))
-    scores = {"perfect": y + ties, "knowable": y * ~hidden + ties}
-    got = window_metrics(data, rows, scores, truth, category=None, k=k)
-    return Ceilings(
-        perfect=got["perfect"][f"card_precision_at_{k}"],
-        knowable=got["knowable"][f"card_precision_at_{k}"],
+    frame = frame.with_columns(
+        pl.from_epoch("event_time_ms", time_unit="ms").alias("_when"),
+        pl.Series("_perfect", y + ties),
+        pl.Series("_knowable", y * ~hidden + ties),
     )
+
+    def reach(score: str) -> float:
+        return card_precision_at_k(
+            frame, k, score_col=score, label_col="is_fraud", card_col="card_id", day_col="_when"
+        ).mean
+
+    return Ceilings(perfect=reach("_perfect"), knowable=reach("_knowable"))

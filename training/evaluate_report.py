@@ -184,11 +184,11 @@ def rich_tables(result: EvaluationResult) -> list[Table]:
         for m, a, p, c in HANDBOOK_PUBLISHED:
             bar.add_row(m, f"{a:.3f}", f"{p:.3f}", f"{c:.3f}")
         tables.append(bar)
-    if ceiling_rows(result):
+    if reachable := ceiling_rows(result):
         reach = Table(title="CP@100 reachable: knowable (labels 7 days late) and perfect")
         for name in CEILING_HEAD:
             reach.add_column(name, justify="left" if name == "window" else "right")
-        for row in ceiling_rows(result):
+        for row in reachable:
             reach.add_row(*row)
         tables.append(reach)
     if result.grid:
