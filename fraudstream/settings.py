@@ -151,6 +151,12 @@ class WorkerSettings(_Section):
     data_dir: Path = PROJECT_ROOT / ".devstack" / "faust"
     # Run continuous reconciliation (authorizations x settlements) in this worker too.
     reconcile: bool = True
+    # How long the labels and reconciliation agents wait to fill a batch. Faust's
+    # take_events wakes every window even with nothing to read, so with the scoring
+    # window (5 ms) these two agents alone kept an idle worker busier: 8.0 % of a core
+    # instead of 5.8 % (measured). Labels and settlements arrive days after the
+    # payment: a quarter of a second changes nothing for them.
+    background_batch_window_ms: float = Field(default=250.0, gt=0, le=60_000)
 
 
 class DevstackSettings(_Section):

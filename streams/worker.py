@@ -350,6 +350,7 @@ def build_worker_app(
     topics = declare_topics(app, settings)
     max_batch = settings.scoring.max_batch_size
     window_s = settings.scoring.batch_window_ms / 1000.0
+    background_window_s = settings.worker.background_batch_window_ms / 1000.0
     max_bytes = settings.kafka.max_message_bytes
     shadow_topic = app.topic(
         settings.kafka.topics.decisions_shadow,
@@ -391,7 +392,7 @@ def build_worker_app(
         parts.apply_labels,
         stream_hooks,
         max_batch=max_batch,
-        batch_window_s=window_s,
+        batch_window_s=background_window_s,
         max_message_bytes=max_bytes,
     )
     if settings.worker.reconcile:
@@ -402,7 +403,7 @@ def build_worker_app(
             reconcile_hooks if reconcile_hooks is not None else PrometheusReconcileHooks(metrics),
             partitions=settings.kafka.partitions,
             max_batch=max_batch,
-            batch_window_s=window_s,
+            batch_window_s=background_window_s,
             max_message_bytes=max_bytes,
         )
 

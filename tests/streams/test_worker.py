@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,42 @@ def test_the_worker_app_has_a_scoring_and_a_labels_agent(engine_bundle: Path) ->
     parts = build_scoring(settings, NoHooks())
     app = build_worker_app(settings, metrics, parts)
     assert {a.name.rsplit(".", 1)[-1] for a in app.agents.values()} >= {"score", "labels"}
+
+
+class WindowRecordingStream:
+    """Stands in for the agents' Faust stream: records the window each agent batches
+    with and ends at once."""
+
+    def __init__(self) -> None:
+        self.windows: list[float] = []
+
+    def take_events(self, max_: int, within: float) -> AsyncIterator[list[Any]]:
+        self.windows.append(within)
+        return self._nothing()
+
+    async def _nothing(self) -> AsyncIterator[list[Any]]:
+        nothing: list[list[Any]] = []
+        for batch in nothing:
+            yield batch
+
+
+async def test_labels_and_reconciliation_batch_with_the_background_window(
+    engine_bundle: Path,
+) -> None:
+    settings = engine_settings(
+        engine_bundle,
+        FRAUDSTREAM__REDIS__URL=NOWHERE,
+        FRAUDSTREAM__SCORING__BATCH_WINDOW_MS="7",
+        FRAUDSTREAM__WORKER__BACKGROUND_BATCH_WINDOW_MS="400",
+    )
+    parts = build_scoring(settings, NoHooks())
+    app = build_worker_app(settings, EngineMetrics(CollectorRegistry()), parts)
+    windows = {}
+    for agent in app.agents.values():
+        stream = WindowRecordingStream()
+        await agent.fun(stream)
+        windows[agent.name.rsplit(".", 1)[-1]] = stream.windows
+    assert windows == {"score": [0.007], "labels": [0.4], "reconcile": [0.4]}
 
 
 def test_without_a_bundle_the_worker_is_not_built(tmp_path: Path) -> None:
