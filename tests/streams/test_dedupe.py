@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from faust.serializers import codecs
 
 from fraudstream.wire import Decision, Transaction, transaction_decoder
 from streams.agents import ScoringStep
@@ -249,10 +250,12 @@ class ChangelogProducer:
 
     def __init__(self, log: list[tuple[str, Any]]) -> None:
         self.log = log
+        self.raw: list[tuple[bytes, bytes | None]] = []
 
     async def send(
         self, topic: str, key: bytes, value: bytes | None, partition: int, *_: Any
     ) -> asyncio.Future[Any]:
+        self.raw.append((key, value))
         decoded = None if value is None else json.loads(value)
         self.log.append(("changelog", (partition, json.loads(key), decoded, value is None)))
         return _done()
@@ -335,6 +338,25 @@ async def test_the_step_writes_through_on_the_source_partition_before_producing(
     # "b" remembered, "a" expired with a real tombstone (a null value, not JSON null).
     assert (3, "a", None, True) in changelog
     assert [entry[1] for entry in log if entry[0] == "decisions"][-1] == first[0][1]
+
+
+async def test_changelog_records_are_the_bytes_the_tables_json_codec_writes() -> None:
+    """Recovery reads the changelog back through the table's JSON schema, and log
+    compaction pairs records by key bytes: what the step writes directly must be what
+    Faust's codec would have written, byte for byte (tombstone keys included)."""
+    log: list[tuple[str, Any]] = []
+    clock = Clock()
+    step, _ = make_step(log, CountingPipeline(), clock)
+    await step.run(make_messages("a", "b", partition=3))
+    clock.at += 61  # "a" and "b" expire: their tombstones are written with this batch
+    await step.run(make_messages("c", partition=3, start=2))
+    producer = step.table.app.producer
+    keys = [codecs.loads("json", key) for key, _ in producer.raw]
+    assert sorted(keys) == ["a", "a", "b", "b", "c"]
+    for key, value in producer.raw:
+        assert key == codecs.dumps("json", codecs.loads("json", key))
+        if value is not None:
+            assert value == codecs.dumps("json", codecs.loads("json", value))
 
 
 # --- on the real broker, with real worker processes ------------------------------------
