@@ -2,7 +2,7 @@
 fractions of the peak, the no-op limit and the naive design side by side, and scaling
 with worker processes.
 
-    .venv/bin/python -m benchmarks.bench_end_to_end            # ~10 minutes
+    .venv/bin/python -m benchmarks.bench_end_to_end            # ~10-12 minutes
     .venv/bin/python -m benchmarks.bench_end_to_end --quick    # ~3 minutes
 
 Each *system* runs as real worker processes (``fraudstream worker``; the no-op worker of
@@ -24,7 +24,10 @@ topics and a consumer group of its own, against the dev stack (brought up if nee
   It is split at the decision's ``decided_at`` (when the worker made the decision: the
   batch's start plus its feature lookup and scoring): event time to ``decided_at`` is
   the wait in Kafka and Faust's buffers plus the decision step; the rest is producing
-  the decision and the wait for the broker's acknowledgements.
+  the decision and the wait for the broker's acknowledgements. The no-op worker is
+  paced at the same rates (decisions per second, not its own fractions): its latency is
+  what Kafka and Faust alone cost at that load on this machine, the floor under the
+  engine's.
 * **Scaling**: the engine's peak with 1, 2 and 4 workers (the topic has 4 partitions).
 
 The report (markdown, JSON and PNG plots: latency CDF, throughput over time) goes to
@@ -305,6 +308,21 @@ def _plots(runs: list[Run], out: Path) -> list[str]:
     return written
 
 
+def latency_beside_the_limit(runs: Sequence[Run]) -> list[str]:
+    """One line per rate at which both the engine and the no-op worker were paced."""
+    paced = {(r.system, r.target_rate): r.latency_ms for r in runs if r.mode == "rate"}
+    lines = []
+    for (system, rate), engine in paced.items():
+        noop = paced.get(("noop", rate))
+        if system != "engine" or rate is None or not noop or not engine:
+            continue
+        lines.append(
+            f"- {rate:,.0f}/s: engine p50 / p99 {engine['p50']:.0f} / {engine['p99']:.0f} ms,"
+            f" no-op {noop['p50']:.0f} / {noop['p99']:.0f} ms"
+        )
+    return lines
+
+
 def report(runs: list[Run], setup: str, out: Path) -> str:
     peak = {(r.system, r.workers): r.rate for r in runs if r.mode == "peak"}
     engine1 = peak.get(("engine", 1), 0.0)
@@ -337,6 +355,9 @@ def report(runs: list[Run], setup: str, out: Path) -> str:
             )
             + " |"
         )
+    floor = latency_beside_the_limit(runs)
+    if floor:
+        lines += ["", "Latency beside the no-op limit, paced at the same rates:", "", *floor]
     if engine1:
         lines += ["", "Ratios at one worker (median peak decisions per second):", ""]
         for other in ("noop", "naive"):
@@ -387,12 +408,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         paced: list[Run] = []
         engine_peak = median_drain(drains["engine"]).rate if "engine" in drains else 0.0
         if engine_peak > 0 and fractions:
-            # The paced runs' workers drain the filled topic first: one more engine drain.
-            first, *paced = measure(
-                "engine", 1, messages, base_env, logs,
-                rates=[f * engine_peak for f in fractions], rate_messages=rate_n,
-            )  # fmt: skip
-            drains["engine"].append(first)
+            rates = [f * engine_peak for f in fractions]
+            for system in [s for s in ("engine", "noop") if s in systems]:
+                # The paced runs' workers drain the filled topic first: one more drain.
+                first, *more = measure(
+                    system, 1, messages, base_env, logs, rates=rates, rate_messages=rate_n
+                )
+                drains[system].append(first)
+                paced += more
         for system in systems:
             runs.append(median_drain(drains[system]))
             print(f"{system}: peak {runs[-1].rate:,.0f} decisions/s (median)", flush=True)

@@ -57,3 +57,19 @@ def test_a_paced_run_keeps_its_latencies_for_the_cdf_plot(tmp_path: Path) -> Non
     noop = summarise(Run("noop", 1, "rate", 1000.0, 3000, 0, 0.0), echoed, latency=True)
     assert noop.latency_ms["p50"] == 4498.5 and "decided_p50" not in noop.latency_ms
     assert "| 4498.5 |" in report([noop], "setup", tmp_path)
+
+
+def test_paced_latency_is_set_beside_the_no_op_limit_at_the_same_rate(tmp_path: Path) -> None:
+    def paced(system: str, rate: float, p50: float, p99: float) -> Run:
+        run = Run(system, 1, "rate", rate, 100, 100, rate)
+        run.latency_ms = {"p50": p50, "p95": p99, "p99": p99}
+        return run
+
+    runs = [
+        paced("engine", 810.0, 55.0, 599.4),
+        paced("engine", 1134.0, 211.0, 834.0),  # no no-op run at this rate: no line
+        paced("noop", 810.0, 13.0, 35.2),
+    ]
+    text = report(runs, "setup", tmp_path)
+    assert "- 810/s: engine p50 / p99 55 / 599 ms, no-op 13 / 35 ms" in text
+    assert "1,134/s: engine" not in text
