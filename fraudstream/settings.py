@@ -199,6 +199,10 @@ class ModelSettings(_Section):
     # How often the worker checks whether the GNN embeddings are due for a refresh (the
     # refresh period itself is the model's, in event time); 0 turns the refresh off.
     gnn_refresh_check_s: float = Field(default=60.0, ge=0.0, le=86400.0)
+    # Run the refresh's encoder in a child process (models/gnn/refresh_process.py): in
+    # the worker it held the decisions up for ~1 s under load, every refresh period.
+    # False runs it in the worker (one process less, ~0.5 GB less memory with torch).
+    gnn_refresh_in_child: bool = True
 
 
 class RuleSettings(_Section):

@@ -3,7 +3,8 @@
 The worker hands every batch of transactions it scores and every batch of labels it
 applies to :meth:`GnnRefresh.observe` / :meth:`observe_labels`; a timer calls
 :meth:`refresh_due` in a thread, which recomputes the embeddings of each engine whose
-refresh period of event time has passed and puts the refreshed layer in place. Putting
+refresh period of event time has passed (the encoder itself in a child process by
+default, ``models/gnn/refresh_process.py``) and puts the refreshed layer in place. Putting
 it in place is one dict assignment: a batch being decided at that moment uses either
 the old or the new layer whole, both valid (the head and its calibration do not change;
 only the embeddings, as training anticipated).
@@ -21,7 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fraudstream.wire.schemas import LabelEvent, Transaction
-from models.gnn.refresh import EmbeddingRefresher
+from models.gnn.refresh import EmbeddingRefresher, compute_in_process
+from models.gnn.refresh_process import ChildProcessEmbeddings
 from models.gnn.scorer import GNNScorer
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,13 @@ GNN_LAYER = "gnn"
 class GnnRefresh:
     """``engines()`` returns the engines in force (objects with a ``layers`` dict)."""
 
-    def __init__(self, engines: Callable[[], Sequence[Any]]) -> None:
+    def __init__(
+        self, engines: Callable[[], Sequence[Any]], child: ChildProcessEmbeddings | None = None
+    ) -> None:
+        """``child``: run the encoder there (the worker's default, see
+        :mod:`models.gnn.refresh_process`); without it, in this process."""
         self._engines = engines
+        self._child = child
         self._refreshers: dict[int, tuple[Any, EmbeddingRefresher]] = {}
         self._lock = threading.Lock()
         self.refreshed = 0
@@ -51,13 +58,18 @@ class GnnRefresh:
                 if id(engine) not in self._refreshers:
                     self._refreshers[id(engine)] = (
                         engine,
-                        EmbeddingRefresher(engine.layers[GNN_LAYER]),
+                        EmbeddingRefresher(
+                            engine.layers[GNN_LAYER],
+                            compute=self._child or compute_in_process,
+                        ),
                     )
             return list(self._refreshers.values())
 
     def warm_up(self) -> bool:
         """Import what a refresh runs on (torch, PyTorch Geometric) now, at start-up,
-        when an engine in force has a GNN layer; whether it did.
+        when an engine in force has a GNN layer; whether it did. With a child process,
+        the child is started and imports it (start-up does not wait), and this process
+        never does.
 
         Why: serving never imports torch, so the first refresh did, mid-stream, in the
         refresh thread. Importing takes ~3 s on a quiet machine and 11 s was measured in
@@ -65,8 +77,15 @@ class GnnRefresh:
         of those seconds waited (the paced benchmark's p95 went to 0.9-1.9 s)."""
         if not self._with_gnn():
             return False
-        importlib.import_module("models.gnn.training")
+        if self._child is not None:
+            self._child.warm_up()
+        else:
+            importlib.import_module("models.gnn.training")
         return True
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._child.close()
 
     def observe(self, transactions: Sequence[Transaction]) -> None:
         for _, refresher in self._current():

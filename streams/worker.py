@@ -43,6 +43,7 @@ from fraudstream.settings import Settings
 from fraudstream.wire.pan import CardNumberIngress
 from fraudstream.wire.schemas import LabelEvent, Transaction
 from models.decide import ScoringEngine
+from models.gnn.refresh_process import ChildProcessEmbeddings
 from models.rules import RuleBook, RuleSet, RulesScorer, RulesSettings
 from models.rules.lists import RedisListStore
 from streams.agents import register_labels_agent, register_scoring_agent
@@ -297,7 +298,14 @@ def build_scoring(
         )
     else:
         models = ModelSet(build(settings.models.bundle_dir, None))
-    gnn = GnnRefresh(lambda: [m.engine for m in (models.champion, models.challenger) if m])
+    child = (
+        ChildProcessEmbeddings(scratch=settings.worker.data_dir / "gnn-refresh")
+        if settings.models.gnn_refresh_in_child
+        else None
+    )
+    gnn = GnnRefresh(
+        lambda: [m.engine for m in (models.champion, models.challenger) if m], child=child
+    )
 
     lookup = timed(store.compute, engine_hooks.feature_lookup) if engine_hooks else store.compute
 
@@ -446,7 +454,9 @@ def run_worker(settings: Settings) -> None:
         metrics.serve(settings.worker.metrics_port)
     app = build_worker_app(settings, metrics, parts)
     if parts.gnn is not None:
-        parts.gnn.warm_up()  # before the freeze: torch's objects are start-up objects too
+        # Before the freeze: what it imports (torch, when the refresh runs in the
+        # worker) are start-up objects too. A child process imports it on its own.
+        parts.gnn.warm_up()
     freeze_startup_objects()
     worker = faust.Worker(app, loglevel=settings.worker.log_level.lower(), quiet=True)
     worker.execute_from_commandline()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -172,6 +173,19 @@ class GraphState:
         twin = GraphState(self.entity_columns, self.history)
         twin._edges = self._consolidated().copy()
         return twin
+
+    def write_parquet(self, path: Path) -> None:
+        """The edges and their labels, for a refresh in another process."""
+        self._consolidated().to_parquet(path)
+
+    @classmethod
+    def read_parquet(
+        cls, path: Path, entity_columns: Sequence[str], history: timedelta
+    ) -> GraphState:
+        """The state :meth:`write_parquet` wrote."""
+        state = cls(entity_columns, history)
+        state._edges = pd.read_parquet(path)
+        return state
 
     def snapshot(self, as_of: datetime) -> GraphSnapshot:
         return build_snapshot(self._consolidated(), as_of, self.entity_columns, self.history)

@@ -22,7 +22,7 @@ swaps the returned scorer into the engine between batches, as it does any model 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from fraudstream.wire.schemas import LabelEvent, Transaction
@@ -32,6 +32,14 @@ from models.gnn.scorer import GNNScorer
 _FLUSH_EVERY = 50_000
 
 
+# (scorer, graph state, as of) -> the scorer with embeddings recomputed from the state.
+ComputeEmbeddings = Callable[[GNNScorer, GraphState, datetime], GNNScorer]
+
+
+def compute_in_process(scorer: GNNScorer, state: GraphState, as_of: datetime) -> GNNScorer:
+    return scorer.refresh(state, as_of)
+
+
 class EmbeddingRefresher:
     def __init__(
         self,
@@ -39,8 +47,12 @@ class EmbeddingRefresher:
         *,
         min_history: timedelta | None = None,
         state: GraphState | None = None,
+        compute: ComputeEmbeddings = compute_in_process,
     ) -> None:
+        """``compute`` runs the encoder: here, or in a child process
+        (:class:`models.gnn.refresh_process.ChildProcessEmbeddings`)."""
         self.config = scorer.config
+        self._compute = compute
         self._scorer = scorer
         self._state = state or GraphState(scorer.entity_columns, scorer.config.history)
         self._min_history = min_history if min_history is not None else scorer.config.history
@@ -101,7 +113,7 @@ class EmbeddingRefresher:
             self._flush()
             self._state.prune(as_of - self.config.history)
             state = self._state.copy()
-        refreshed = self._scorer.refresh(state, as_of)
+        refreshed = self._compute(self._scorer, state, as_of)
         with self._lock:
             self._scorer = refreshed
             self.last_refresh = as_of

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -149,6 +150,18 @@ def _tiny_state(delay: timedelta) -> GraphState:
     state = GraphState(("card_id", "terminal_id", "device_id"), timedelta(days=30))
     state.append_frame(frame, label_delay=delay)
     return state
+
+
+def test_the_state_round_trips_through_parquet_with_its_labels(tmp_path: Path) -> None:
+    state = _tiny_state(delay=2 * DAY)
+    state.write_parquet(tmp_path / "state.parquet")
+    back = GraphState.read_parquet(tmp_path / "state.parquet", state.entity_columns, state.history)
+    pd.testing.assert_frame_equal(back._consolidated(), state._consolidated())
+    for as_of in (START + DAY, START + 3 * DAY):  # before and after the labels are known
+        mine, theirs = state.snapshot(as_of), back.snapshot(as_of)
+        for node_type, nodes in mine.nodes.items():
+            np.testing.assert_array_equal(theirs.nodes[node_type].x, nodes.x)
+            assert list(theirs.nodes[node_type].ids) == list(nodes.ids)
 
 
 def test_snapshot_uses_only_labels_known_by_then() -> None:

@@ -3,8 +3,12 @@ refresh period of event time, from what the worker saw and learned; state bounde
 
 from __future__ import annotations
 
+import os
+from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from features.matrix import FeatureMatrix
@@ -12,6 +16,7 @@ from fraudstream.wire.schemas import SCHEMA_VERSION, LabelEvent
 from models.base import ScoringBatch
 from models.gnn import GNNScorer
 from models.gnn.refresh import EmbeddingRefresher
+from models.gnn.refresh_process import ChildProcessEmbeddings
 from tests.models.factories import (
     World,
     small_gnn_config,
@@ -91,3 +96,55 @@ def test_labels_learned_online_reach_the_embeddings(trained: GNNScorer, world: W
     batch = ScoringBatch(ring, FeatureMatrix.empty((), len(ring)))
     # Knowing the ring's past frauds is what makes its devices' traffic suspect.
     assert b.score(batch).mean() > a.score(batch).mean()
+
+
+def _replay_until_due(refresher: EmbeddingRefresher, world: World) -> None:
+    txs = sorted(wire_transactions(world.transactions), key=lambda t: t.event_time)
+    refresher.observe([t for t in txs if t.event_time < txs[0].event_time + 10 * DAY])
+    assert refresher.due()
+
+
+def test_a_refresh_in_a_child_process_gives_the_embeddings_of_one_here(
+    trained: GNNScorer, world: World, tmp_path: Path
+) -> None:
+    here = EmbeddingRefresher(trained)
+    child = ChildProcessEmbeddings(scratch=tmp_path)
+    try:
+        there = EmbeddingRefresher(trained, compute=child)
+        for refresher in (here, there):
+            _replay_until_due(refresher, world)
+        mine, theirs = here.refresh(), there.refresh()
+    finally:
+        child.close()
+    assert mine is not None and theirs is not None and there.scorer is theirs
+    assert child.completed == 1
+    assert theirs.embeddings.as_of == mine.embeddings.as_of
+    assert theirs.model_version == trained.model_version and theirs.version != trained.version
+    for node_type, ids in mine.embeddings.ids.items():
+        assert list(theirs.embeddings.ids[node_type]) == list(ids)
+        # one torch thread there, the default here: float sums may differ in order
+        np.testing.assert_allclose(
+            theirs.embeddings.vectors[node_type], mine.embeddings.vectors[node_type], atol=1e-5
+        )
+    assert list(tmp_path.iterdir()) == []  # the scratch files are gone
+
+
+def test_a_child_that_dies_fails_one_refresh_and_the_next_starts_another(
+    trained: GNNScorer, world: World, tmp_path: Path
+) -> None:
+    child = ChildProcessEmbeddings(scratch=tmp_path)
+    try:
+        assert child.warm_up().result(timeout=120)
+        # the child dies (killed, out of memory) between two refreshes
+        with pytest.raises(BrokenProcessPool):
+            child._executor().submit(os._exit, 9).result(timeout=60)
+        refresher = EmbeddingRefresher(trained, compute=child)
+        _replay_until_due(refresher, world)
+        with pytest.raises(BrokenProcessPool):
+            refresher.refresh()
+        assert refresher.scorer is trained and refresher.due()  # nothing changed
+        refreshed = refresher.refresh()
+    finally:
+        child.close()
+    assert refreshed is not None and refresher.scorer is refreshed
+    assert child.completed == 1

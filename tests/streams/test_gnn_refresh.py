@@ -70,12 +70,43 @@ assert GnnRefresh(lambda: [Engine({GNN_LAYER: gnn})]).warm_up()
 assert "torch_geometric" in sys.modules and "models.gnn.training" in sys.modules
 """
 
+WARM_UP_CHILD = """
+import sys
+from models.gnn.refresh_process import ChildProcessEmbeddings
+from streams.gnn_refresh import GNN_LAYER, GnnRefresh
+from models.gnn import GNNScorer
+
+class Engine:
+    def __init__(self, layers): self.layers = layers
+
+child = ChildProcessEmbeddings()
+refresh = GnnRefresh(lambda: [Engine({GNN_LAYER: GNNScorer.__new__(GNNScorer)})], child=child)
+assert refresh.warm_up()
+assert child.warm_up().result(timeout=120)  # the child has started and imported torch
+(pid,) = child._executor()._processes  # the child has torch's libraries mapped
+assert "libtorch" in open(f"/proc/{pid}/maps").read()
+assert "torch" not in sys.modules, "the worker imported torch although the child runs it"
+refresh.close()
+"""
+
 
 def test_warm_up_imports_the_refresh_machinery_only_with_a_gnn_layer() -> None:
     """In a fresh interpreter: serving alone never imports PyTorch Geometric, so the
     worker must import it at start-up rather than at the first refresh, mid-stream."""
     done = subprocess.run(
         [sys.executable, "-c", WARM_UP],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_with_a_child_process_the_child_imports_torch_and_the_worker_never_does() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_UP_CHILD],
         cwd=REPO,
         capture_output=True,
         text=True,
