@@ -85,6 +85,8 @@ assert refresh.warm_up()
 assert child.warm_up().result(timeout=120)  # the child has started and imported torch
 (pid,) = child._executor()._processes  # the child has torch's libraries mapped
 assert "libtorch" in open(f"/proc/{pid}/maps").read()
+nice = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
+assert nice == 19, f"the child runs at nice {nice}, not the lowest priority"
 assert "torch" not in sys.modules, "the worker imported torch although the child runs it"
 refresh.close()
 """
