@@ -92,27 +92,23 @@ refresh.close()
 """
 
 
+def run_in_a_fresh_interpreter(script: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_warm_up_imports_the_refresh_machinery_only_with_a_gnn_layer() -> None:
     """In a fresh interpreter: serving alone never imports PyTorch Geometric, so the
     worker must import it at start-up rather than at the first refresh, mid-stream."""
-    done = subprocess.run(
-        [sys.executable, "-c", WARM_UP],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_in_a_fresh_interpreter(WARM_UP)
 
 
 def test_with_a_child_process_the_child_imports_torch_and_the_worker_never_does() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", WARM_UP_CHILD],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_in_a_fresh_interpreter(WARM_UP_CHILD)
