@@ -33,6 +33,7 @@ ARGUMENTS: dict[str, tuple[list[str], list[str]]] = {
         ["--cards", "2000", "--terminals", "800", "--days", "10", "--repeat", "1"],
     ),
     "bench_feature_store": (["--out", "{results}"], ["--quick", "--out", "{results}"]),
+    "bench_decision_step": (["--out", "{results}"], ["--quick", "--out", "{results}"]),
     "bench_layers": (
         ["--json", "{results}/layers.json"],
         ["--data", "synthetic", "--batches", "20", "--epochs", "3",
@@ -48,6 +49,7 @@ ORDER = (
     "bench_simulator",
     "bench_feature_store",
     "bench_layers",
+    "bench_decision_step",
     "bench_end_to_end",
     "bench_detection",
 )
