@@ -7,6 +7,7 @@ import os
 from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from features.matrix import FeatureMatrix
 from fraudstream.wire.schemas import SCHEMA_VERSION, LabelEvent
 from models.base import ScoringBatch
 from models.gnn import GNNScorer
+from models.gnn.graph import GraphState
 from models.gnn.refresh import EmbeddingRefresher
 from models.gnn.refresh_process import ChildProcessEmbeddings
 from tests.models.factories import (
@@ -148,3 +150,46 @@ def test_a_child_that_dies_fails_one_refresh_and_the_next_starts_another(
         child.close()
     assert refreshed is not None and refresher.scorer is refreshed
     assert child.completed == 1
+
+
+class LabelCountingState(GraphState):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_calls: list[int] = []
+
+    def record_labels(self, transaction_ids: Any, *args: Any, **kwargs: Any) -> None:
+        self.label_calls.append(len(transaction_ids))
+        super().record_labels(transaction_ids, *args, **kwargs)
+
+
+def test_labels_wait_for_the_refresh_and_are_recorded_in_one_go(
+    trained: GNNScorer, world: World
+) -> None:
+    """Recording labels rewrites the whole state, so a labels batch only queues them:
+    the refresh records all of them at once, after the transactions they label."""
+    state = LabelCountingState(trained.entity_columns, trained.config.history)
+    refresher = EmbeddingRefresher(trained, state=state)
+    txs = sorted(wire_transactions(world.transactions), key=lambda t: t.event_time)
+    window = [t for t in txs if t.event_time < txs[0].event_time + 10 * DAY]
+    refresher.observe(window)
+    labelled = window[-300:]  # still within the snapshot window after the refresh prunes
+    for start in range(0, 300, 100):  # three labels batches, as they arrive
+        refresher.observe_labels([_chargeback(t) for t in labelled[start : start + 100]])
+    assert state.label_calls == []
+    assert refresher.refresh() is not None
+    assert state.label_calls == [300]
+    known = state._consolidated().loc[[t.transaction_id for t in labelled], "is_fraud"]
+    assert (known == 1.0).all()
+
+
+def _chargeback(t: Any) -> LabelEvent:
+    return LabelEvent(
+        schema_version=SCHEMA_VERSION,
+        transaction_id=t.transaction_id,
+        card_id=t.card_id,
+        terminal_id=t.terminal_id,
+        event_time=t.event_time,
+        label_time=t.event_time + DAY,
+        is_fraud=True,
+        source="chargeback",
+    )
