@@ -75,22 +75,7 @@ def test_labels_learned_online_reach_the_embeddings(trained: GNNScorer, world: W
     blind, informed = EmbeddingRefresher(trained), EmbeddingRefresher(trained)
     for refresher in (blind, informed):
         refresher.observe(txs)
-    informed.observe_labels(
-        [
-            LabelEvent(
-                schema_version=SCHEMA_VERSION,
-                transaction_id=t.transaction_id,
-                card_id=t.card_id,
-                terminal_id=t.terminal_id,
-                event_time=t.event_time,
-                label_time=t.event_time + DAY,
-                is_fraud=True,
-                source="chargeback",
-            )
-            for t in txs
-            if t.transaction_id in frauds
-        ]
-    )
+    informed.observe_labels([_chargeback(t) for t in txs if t.transaction_id in frauds])
     a, b = blind.refresh(), informed.refresh()
     assert a is not None and b is not None
     ring = [t for t in txs[-400:] if t.device_id in world.ring_devices]
