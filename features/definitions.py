@@ -17,6 +17,10 @@ Semantics shared by every implementation (the parity tests hold them to it):
   ``t``: a label counts when its ``label_time <= t`` (online: when the label was
   applied before the transaction was scored; replays interleave the two by time,
   labels first on ties). A transaction with more than one label uses the latest.
+* **Fraud streak** over a delayed window: walk the entity's events in the window from
+  the latest back, in the order above, and count them until the first one that is not
+  a known fraud. An event is a known fraud when its latest label known at ``t`` (as
+  above) says fraud and names the same entity and event time as the event.
 * **Amounts** are summed as integer milli-units (``round(amount * 1000)``) so window
   sums are exact in any order of addition; a mean is ``(sum_milli / count) / 1000``.
 * **Missing** values are NaN: a feature whose input field is absent from the message
@@ -67,6 +71,7 @@ Aggregation = Literal[
     "distance_km",  # great-circle distance from the previous card event's location
     "speed_kmh",  # distance_km / max(hours between them, MIN_SPEED_INTERVAL_S)
     "day_bucket_fraud_rate",  # known frauds / events over whole UTC days, delayed
+    "fraud_streak",  # latest events of the delayed window known to be fraud, in a row
 ]
 
 
@@ -190,6 +195,20 @@ BEHAVIOUR_FEATURES: tuple[FeatureDefinition, ...] = (
         )
         for n in (1, 7)
     ),
+    # Every payment at a compromised terminal is fraud, so its known outcomes end in an
+    # unbroken run of frauds; a terminal where one stolen card was used has a lone fraud
+    # among genuine payments. Rates over a day or a week blur the two for the first days
+    # the compromise is known (validation folds: average precision 0.728 -> 0.738).
+    FeatureDefinition(
+        "terminal_fraud_streak",
+        "terminal",
+        "fraud_streak",
+        30 * DAY_MS,
+        LABEL_DELAY_MS,
+        (),
+        "How many of the terminal's latest transactions over 30 days ending 7 days ago "
+        "are, in a row, known to be fraud (0 when the latest is not).",
+    ),
 )
 
 RICH_FEATURES: tuple[FeatureDefinition, ...] = (
@@ -262,7 +281,15 @@ INTEGER_FEATURES: frozenset[str] = frozenset(
     f.name
     for f in FEATURES
     if f.aggregation
-    in ("count", "distinct_terminals", "distinct_cards", "weekend", "night", "is_new_device")
+    in (
+        "count",
+        "distinct_terminals",
+        "distinct_cards",
+        "weekend",
+        "night",
+        "is_new_device",
+        "fraud_streak",
+    )
 )
 
 # How long state must be kept so every window is exact for an event late by up to the

@@ -20,6 +20,9 @@ history's time range never reaches a neighbouring entity.
   with ``t_e`` in ``[max(label_time, t_x + D), min(next_label_time, t_x + D + n))``
   (the events whose delayed window holds x while the label is known): a difference
   array over the terminal's events. Merchant-category risk is the same with UTC days.
+* Fraud streak: each fraud label's validity interval is attached to the event it
+  names; the walk back from the window's last event takes one vectorised step per
+  event of the longest run, over the rows whose run is still going.
 * Distinct values in a trailing window: an occurrence r of a pair (entity, value) is
   the pair's *last* occurrence in the window of every row p with ``r <= p < next(r)``
   (next occurrence of the pair) and ``t_p < t_r + n``; that is an interval of positions,
@@ -43,6 +46,7 @@ from features.definitions import (
     HOUR_MS,
     LABEL_DELAY_MS,
     MIN_SPEED_INTERVAL_S,
+    by_name,
 )
 from features.table import HISTORY_SCHEMA, LABEL_SCHEMA, calendar_flags
 
@@ -52,6 +56,7 @@ B = npt.NDArray[np.bool_]
 
 _CARD_WINDOWS_DAYS = (1, 7, 30)
 _TERMINAL_WINDOWS_DAYS = (1, 7, 30)
+_STREAK_WINDOW_MS = by_name("terminal_fraud_streak").window_ms or 0
 _MCC_FIRST_DAY = 36  # merchant-category window: UTC days [today - 36, today - 7]
 _MCC_LAST_DAY = 7
 _NO_LABEL_AFTER = np.iinfo(np.int64).max // 4  # "valid forever" for a transaction's last label
@@ -237,7 +242,7 @@ def build_features(history: pl.DataFrame, labels: pl.DataFrame | None = None) ->
         return _Entity(code, t, order, t_min, span)
 
     cols.update(_card_features(entity(card_code), h, milli, term_code))
-    cols.update(_terminal_features(entity(term_code), lab, terminals, n))
+    cols.update(_terminal_features(entity(term_code), lab, terminals, h["transaction_id"]))
     cols.update(_rich_features(h, lab, entity, card_code, mccs))
 
     return pl.DataFrame(
@@ -302,8 +307,9 @@ def _card_features(card: _Entity, h: pl.DataFrame, milli: I64, term_code: I64) -
 
 
 def _terminal_features(
-    term: _Entity, lab: pl.DataFrame, terminals: pl.Series, n: int
+    term: _Entity, lab: pl.DataFrame, terminals: pl.Series, ids: pl.Series
 ) -> dict[str, F64]:
+    n = len(ids)
     out: dict[str, F64] = {}
     fraud = _label_intervals(lab).filter(pl.col("is_fraud") == 1)
     f_code = _codes(fraud["terminal_id"], terminals)
@@ -322,7 +328,71 @@ def _terminal_features(
         )
         out[f"terminal_nb_tx_{days}d"] = term.scatter(count, n)
         out[f"terminal_risk_{days}d"] = term.scatter(_rate(frauds, count), n)
+    known = _KnownFrauds(term, ids, fraud, f_code)
+    lower = term.find(term.code, term.t - LABEL_DELAY_MS - _STREAK_WINDOW_MS, "right")
+    out["terminal_fraud_streak"] = term.scatter(known.streak(lower, upper), n)
     return out
+
+
+class _KnownFrauds:
+    """Which of an entity's events are known frauds at a given time.
+
+    A fraud label's validity interval ``[label_time, valid_until)`` is attached to the
+    event it names (same transaction id, entity and event time); intervals sorted by
+    ``(position, label_time)`` answer "known fraud at q?" with one ``searchsorted``.
+    """
+
+    def __init__(self, entity: _Entity, ids: pl.Series, fraud: pl.DataFrame, f_code: I64) -> None:
+        events = pl.DataFrame(
+            {
+                "transaction_id": ids.cast(pl.Utf8)[entity.rows.tolist()],
+                "_pos": entity.pos,
+                "_code": entity.code,
+                "_t": entity.t,
+            }
+        )
+        matched = (
+            fraud.with_columns(pl.Series("_f_code", f_code))
+            .join(events, on="transaction_id", how="inner")
+            .filter(
+                (pl.col("_code") == pl.col("_f_code")) & (pl.col("_t") == pl.col("event_time_ms"))
+            )
+        )
+        pos = matched["_pos"].to_numpy().astype(np.int64)
+        start = matched["label_time_ms"].to_numpy().astype(np.int64)
+        until = matched["valid_until"].to_numpy().astype(np.int64)
+        self._base = int(min(start.min(initial=0), entity.t.min(initial=0)))
+        self._span = int(max(start.max(initial=0), entity.t.max(initial=0))) - self._base + 2
+        if (len(entity) + 1) * self._span >= 2**62:
+            raise ValueError("labels span too long a time for int64 keys")
+        key = pos * self._span + (start - self._base)
+        order = np.argsort(key, kind="stable")
+        self._key, self._pos, self._until = key[order], pos[order], until[order]
+        self._entity = entity
+
+    def known(self, pos: I64, at: I64) -> B:
+        """Is the event at each position a known fraud at time ``at``?"""
+        if len(self._key) == 0:
+            return np.zeros(len(pos), dtype=np.bool_)
+        query = pos * self._span + np.clip(at - self._base, 0, self._span - 1)
+        j = np.searchsorted(self._key, query, "right") - 1
+        jj = np.maximum(j, 0)
+        known: B = (j >= 0) & (self._pos[jj] == pos) & (self._until[jj] > at)
+        return known
+
+    def streak(self, lower: I64, upper: I64) -> F64:
+        """Per position: events in ``[lower, upper)`` known fraud at the position's own
+        time, counted back from ``upper - 1`` until the first that is not. One pass per
+        step of the longest run, over the rows still counting."""
+        t = self._entity.t
+        out = np.zeros(len(t), dtype=np.float64)
+        active = np.flatnonzero(upper > lower)
+        k = upper[active] - 1
+        while len(active):
+            ok = (k >= lower[active]) & self.known(k, t[active])
+            active, k = active[ok], k[ok] - 1
+            out[active] += 1
+        return out
 
 
 def _rich_features(

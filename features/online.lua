@@ -275,6 +275,29 @@ for _, tx in ipairs(rows) do
     if cnt > 0 and fraud_log_exists[tf] then fr = redis.call("ZCOUNT", tf, lo, hi) / cnt end
     tfeats[k] = {cnt, fr}
   end
+  -- the run of known frauds at the end of the 30-day delayed window (none when that
+  -- window holds no known fraud: the common case costs nothing more)
+  local streak = 0
+  if tfeats[3][2] > 0 then
+    local hi, lo = ms(t - DELAY), excl(t - DELAY - 30 * DAY)
+    local offset, step = 0, 4
+    while true do
+      local r = redis.call("ZREVRANGEBYSCORE", tz, hi, lo, "WITHSCORES", "LIMIT", offset, step)
+      local ids = {}
+      for j = 1, #r, 2 do ids[#ids + 1] = r[j] end
+      if #ids == 0 then break end
+      -- a fraud log entry counts for the event with the same id and event time
+      local known = redis.call("ZMSCORE", tf, unpack(ids))
+      local run = 0
+      for j = 1, #ids do
+        if known[j] and tonumber(known[j]) == tonumber(r[2 * j]) then run = j else break end
+      end
+      streak = streak + run
+      if run < #ids or #ids < step then break end
+      offset = offset + step
+      step = step * 4
+    end
+  end
 
   -- distinct cards per device / ip in the last hour
   local function distinct_cards(kind, value)
@@ -341,9 +364,9 @@ for _, tx in ipairs(rows) do
   out[o + 10], out[o + 11], out[o + 12] = tfeats[1][1], tfeats[1][2], tfeats[2][1]
   out[o + 13], out[o + 14], out[o + 15] = tfeats[2][2], tfeats[3][1], tfeats[3][2]
   out[o + 16], out[o + 17], out[o + 18] = ratio, secs, nterms
-  out[o + 19], out[o + 20] = mean1, mean7
-  out[o + 21], out[o + 22], out[o + 23] = devnew, dev_cards, ip_cards
-  out[o + 24], out[o + 25], out[o + 26] = dist, speed, mcc_risk
+  out[o + 19], out[o + 20], out[o + 21] = mean1, mean7, streak
+  out[o + 22], out[o + 23], out[o + 24] = devnew, dev_cards, ip_cards
+  out[o + 25], out[o + 26], out[o + 27] = dist, speed, mcc_risk
 
   -- record the transaction once (idempotent by id: `seen` came from the card hash)
   if not seen then

@@ -36,6 +36,7 @@ from features.definitions import (
     LABEL_DELAY_MS,
     MIN_SPEED_INTERVAL_S,
     RETENTION_MS,
+    by_name,
 )
 from features.matrix import FeatureMatrix
 from features.table import amount_milli, epoch_ms
@@ -43,6 +44,7 @@ from fraudstream.wire.schemas import LabelEvent, Transaction
 
 T = TypeVar("T")
 NAN = math.nan
+_STREAK_WINDOW_MS = by_name("terminal_fraud_streak").window_ms or 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,10 @@ class _Log(Generic[T]):
     def between(self, low: int, high: int) -> int:
         """Entries with ``low < time <= high``."""
         return self.after(high) - self.after(low)
+
+    def holds(self, key: tuple[int, str]) -> bool:
+        i = bisect_left(self.keys, key)
+        return i < len(self.keys) and self.keys[i] == key
 
     def trim(self, cutoff: int) -> list[tuple[tuple[int, str], T]]:
         """Drop (and return) the entries older than ``cutoff``."""
@@ -329,6 +335,12 @@ class InMemoryFeatureStore:
             known = frauds.between(low, high)
             out[f"terminal_nb_tx_{days}d"] = float(count)
             out[f"terminal_risk_{days}d"] = known / count if count else 0.0
+        streak, low = 0, t - LABEL_DELAY_MS - _STREAK_WINDOW_MS
+        for i in range(term.after(t - LABEL_DELAY_MS) - 1, term.after(low) - 1, -1):
+            if not frauds.holds(term.keys[i]):
+                break
+            streak += 1
+        out["terminal_fraud_streak"] = float(streak)
 
         out["device_distinct_cards_1h"] = self._distinct_cards(self._devices, e.device, e)
         out["ip_distinct_cards_1h"] = self._distinct_cards(self._ips, e.ip, e)

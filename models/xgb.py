@@ -66,6 +66,9 @@ class XGBoostParams(BaseModel):
     subsample: float = Field(default=0.9, gt=0, le=1)
     colsample_bytree: float = Field(default=0.9, gt=0, le=1)
     min_child_weight: float = Field(default=1.0, ge=0)
+    # Histogram bins per feature (quantiles of the training rows): more bins let a split
+    # land where few rows lie, such as a large-amount threshold.
+    max_bin: int = Field(default=256, ge=2, le=65536)
     scale_pos_weight: float = Field(default=1.0, gt=0)
     early_stopping_rounds: int | None = Field(default=None, ge=1)
     # Balanced bagging (see the module): boosters, and legitimate rows per fraud in each.
@@ -88,6 +91,7 @@ def _train_booster(
             "objective": "binary:logistic",
             "eval_metric": "aucpr",
             "tree_method": "hist",
+            "max_bin": params.max_bin,
             "max_depth": params.max_depth,
             "eta": params.learning_rate,
             "subsample": params.subsample,
@@ -328,6 +332,12 @@ REASON_PHRASES: tuple[Phrase, ...] = (
     _p(
         r"(card|customer).*(mean|avg).*amount",
         lambda v, w: f"card's mean amount over the {w} is {v:,.2f}",
+    ),
+    _p(
+        r"terminal.*streak",
+        lambda v, w: (
+            f"the terminal's last {_plural(v, 'transaction')} with known outcome were all fraud"
+        ),
     ),
     _p(
         r"terminal.*(risk|fraud)",

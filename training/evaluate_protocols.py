@@ -74,8 +74,15 @@ RECALL = "recall_at_fpr_1pct"
 # booster on every fraud and 50 legitimate rows per fraud.
 HANDBOOK_GRID: tuple[tuple[int, ...], ...] = ((6, 300), (8, 200), (6, 200, 5), (8, 200, 5))
 # XGBoost settings the grid does not vary (full training only; --quick keeps its own):
-# a lower learning rate with more, deeper trees, chosen on the validation folds.
-HANDBOOK_XGBOOST: dict[str, float] = {"learning_rate": 0.05, "min_child_weight": 3.0}
+# a lower learning rate with more, deeper trees, chosen on the validation folds; and
+# finer histogram bins, since with XGBoost's default 256 quantile bins no split sat near
+# the handbook's amount threshold of 220 (few payments are that large) and frauds just
+# above it scored like genuine ones (validation average precision 0.729 -> 0.737).
+HANDBOOK_XGBOOST: dict[str, float] = {
+    "learning_rate": 0.05,
+    "min_child_weight": 3.0,
+    "max_bin": 4096,
+}
 # The GNN learns 6 of the week's days (refresh periods) instead of its default 4, also
 # chosen on the validation folds.
 HANDBOOK_GNN: dict[str, int] = {"train_snapshots": 6}

@@ -194,6 +194,34 @@ def test_late_label_relabels_and_ties_at_one_label_time() -> None:
     check(got, {"terminal_risk_1d": [0, 1], "terminal_nb_tx_1d": [0, 1]})
 
 
+def test_terminal_fraud_streak_counts_the_latest_known_frauds_in_a_row() -> None:
+    x = T0 + HOUR_MS
+    a, b, c, d = (tx(n, x + i * HOUR_MS, terminal="T7", card=f"c{n}") for i, n in enumerate("abcd"))
+    q = [7 * DAY_MS + HOUR_MS, 7 * DAY_MS + 150 * MINUTE_MS, 7 * DAY_MS + 3 * HOUR_MS]
+    q += [8 * DAY_MS + 3 * HOUR_MS]
+    rows = [a, b, c, d]
+    rows += [tx(f"q{i + 1}", x + o, terminal="T7", card="cq") for i, o in enumerate(q)]
+    label_rows = [
+        label(a, x + 7 * DAY_MS, True),
+        label(c, x + 2 * HOUR_MS + 7 * DAY_MS, True),
+        label(d, x + 3 * HOUR_MS + 8 * DAY_MS, True),  # known a day later than the others
+        label(c, x + 8 * DAY_MS + HOUR_MS, False),  # c turns out genuine
+    ]
+    got = features(rows, label_rows)
+    # q1: b (no label) is the latest;  q2: c, then b;  q3: d not known yet;
+    # q4: d, then c is genuine by now
+    check(got, {"terminal_fraud_streak": [0, 0, 0, 0, 0, 1, 0, 1]})
+
+    # The run stays inside the 30 days ending 7 days ago.
+    y = T0 + 2 * HOUR_MS
+    f1, f2 = tx("f1", y, terminal="T8"), tx("f2", y + DAY_MS, terminal="T8")
+    r1 = tx("r1", y + 30 * DAY_MS + 13 * HOUR_MS, terminal="T8")
+    r2 = tx("r2", y + 37 * DAY_MS + 12 * HOUR_MS, terminal="T8")
+    frauds = [label(f, f["event_time_ms"] + 7 * DAY_MS, True) for f in (f1, f2)]
+    got = features([f1, f2, r1, r2], frauds)
+    check(got, {"terminal_fraud_streak": [0, 0, 2, 1]})
+
+
 def test_missing_fields_give_nan_and_geo_needs_both_ends_located() -> None:
     x = T0 + HOUR_MS
     rows = [

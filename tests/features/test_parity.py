@@ -99,6 +99,8 @@ def test_handbook_31_days_online_equals_offline(
     assert_parity(online, offline, FEATURE_NAMES)
     # the windows really were exercised: terminal risk is non-zero somewhere
     assert online[:, FEATURE_NAMES.index("terminal_risk_30d")].max() > 0
+    # runs longer than the online script's first page of 4 events
+    assert online[:, FEATURE_NAMES.index("terminal_fraud_streak")].max() > 4
     assert set(HANDBOOK_FEATURE_NAMES) <= set(FEATURE_NAMES)
 
 

@@ -119,6 +119,11 @@ def test_a_harmless_row_gets_no_reasons_pushing_towards_fraud(model: XGBoostScor
             0.25,
             "25% of this terminal's transactions with known outcome (last 7 days) were fraud",
         ),
+        (
+            "terminal_fraud_streak",
+            3.0,
+            "the terminal's last 3 transactions with known outcome were all fraud",
+        ),
         ("amount", 1234.5, "amount 1,234.50"),
         ("is_night", 1.0, "made at night"),
         ("mystery", 3.25, "feature mystery = 3.25"),
@@ -160,6 +165,23 @@ def test_early_stopping_keeps_only_the_useful_trees() -> None:
         eval_labels=held_labels,
     )
     assert model.booster.num_boosted_rounds() < 400
+
+
+def test_finer_histogram_bins_find_a_threshold_where_few_rows_lie() -> None:
+    # Every amount above 220 is fraud, but few rows lie near it: 256 quantile bins put
+    # no split there and frauds just above it score like the genuine rows just below.
+    rng = np.random.default_rng(3)
+    amount = np.concatenate([rng.uniform(0, 120, 20_000), rng.uniform(200, 240, 60)])
+    labels = (amount > 220).astype(float)
+    probe = FeatureMatrix(("amount",), np.array([[216.0], [224.0]]))
+    gaps = {}
+    for bins in (256, 4096):
+        params = XGBoostParams(n_estimators=50, max_depth=2, max_bin=bins)
+        train = FeatureMatrix(("amount",), amount[:, None])
+        model = XGBoostScorer.fit(train, labels, params=params)
+        below, above = model.score(_batch(probe))
+        gaps[bins] = above - below
+    assert gaps[256] < 0.1 < 0.5 < gaps[4096]
 
 
 def test_version_names_the_content() -> None:
