@@ -361,8 +361,9 @@ class _KnownFrauds:
         pos = matched["_pos"].to_numpy().astype(np.int64)
         start = matched["label_time_ms"].to_numpy().astype(np.int64)
         until = matched["valid_until"].to_numpy().astype(np.int64)
-        self._base = int(min(start.min(initial=0), entity.t.min(initial=0)))
-        self._span = int(max(start.max(initial=0), entity.t.max(initial=0))) - self._base + 2
+        times = np.concatenate([start, entity.t])
+        self._base = int(times.min()) if len(times) else 0
+        self._span = (int(times.max()) - self._base if len(times) else 0) + 2
         if (len(entity) + 1) * self._span >= 2**62:
             raise ValueError("labels span too long a time for int64 keys")
         key = pos * self._span + (start - self._base)
