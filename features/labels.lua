@@ -56,7 +56,12 @@ for _, l in ipairs(labels) do
       redis.call("PEXPIRE", tk .. ":f", ms(TERM_RET + lateness + DAY))
       if l.mcc then
         local mk = prefix .. ":m:" .. l.mcc
-        redis.call("HINCRBY", mk, "f:" .. math.floor(l.t / DAY), delta)
+        local day = math.floor(l.t / DAY)
+        redis.call("HINCRBY", mk, "f:" .. day, delta)
+        -- the 30-day sums cached for the days whose window holds this day are stale
+        local stale = {}
+        for d = day + 7, day + 36 do stale[#stale + 1] = "s:" .. d end
+        redis.call("HDEL", mk, unpack(stale))
         redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY + lateness))
       end
     end

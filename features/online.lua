@@ -129,6 +129,10 @@ end
 local too_late = 0
 local out = {too_late}
 local mcc_cache = {}
+-- per category: {newest day counted before this batch, newest day counted or cached now}
+local mcc_newest = {}
+local counts_min_day = math.huge
+local LATE_DAYS = math.ceil(lateness / DAY)
 
 -- Upkeep that only needs doing once per key per batch (TTL, trimming, bucket counts).
 local touched_logs, mcc_counts = {}, {}
@@ -318,31 +322,53 @@ for _, tx in ipairs(rows) do
   local mcc_risk = NAN
   local today = math.floor(t / DAY)
   if tx.mcc then
-    -- Redis's counts are read once per (category, day) in a batch; the batch's own
-    -- earlier transactions, counted at the end of it, are added here.
+    -- The 30-day sums are read once per (category, day) in a batch, from `s:<day>`:
+    -- kept across batches until a write inside those 30 days (a label, a payment a
+    -- week late) deletes it. A day old enough to reach trimmed buckets is summed
+    -- afresh and not kept. The batch's own earlier transactions, counted at the end
+    -- of it, are added here.
     local ckey = tx.mcc .. "|" .. today
     local base = mcc_cache[ckey]
+    local newest = mcc_newest[tx.mcc]
     if base == nil then
-      local fields = {}
-      for d = today - 36, today - 7 do
-        fields[#fields + 1] = "n:" .. d
-        fields[#fields + 1] = "f:" .. d
+      local mk = prefix .. ":m:" .. tx.mcc
+      local got = redis.call("HMGET", mk, "s:" .. today, "!d")
+      if newest == nil then
+        local stored = tonumber(got[2]) or -1
+        newest = {stored, stored}
+        mcc_newest[tx.mcc] = newest
       end
-      local got = redis.call("HMGET", prefix .. ":m:" .. tx.mcc, unpack(fields))
-      local nn, ff = 0, 0
-      for j = 1, #got, 2 do
-        nn = nn + (tonumber(got[j]) or 0)
-        ff = ff + (tonumber(got[j + 1]) or 0)
+      if got[1] then
+        local sp = string.find(got[1], " ", 1, true)
+        base = {tonumber(string.sub(got[1], 1, sp - 1)), tonumber(string.sub(got[1], sp + 1))}
+      else
+        local fields = {}
+        for d = today - 36, today - 7 do
+          fields[#fields + 1] = "n:" .. d
+          fields[#fields + 1] = "f:" .. d
+        end
+        got = redis.call("HMGET", mk, unpack(fields))
+        local nn, ff = 0, 0
+        for j = 1, #got, 2 do
+          nn = nn + (tonumber(got[j]) or 0)
+          ff = ff + (tonumber(got[j + 1]) or 0)
+        end
+        base = {nn, ff}
+        if today > newest[1] - 2 - LATE_DAYS then
+          redis.call("HSET", mk, "s:" .. today, ms(nn) .. " " .. ms(ff))
+        end
       end
-      base = {nn, ff}
       mcc_cache[ckey] = base
     end
+    newest[2] = math.max(newest[2], today)
     local nn = base[1]
-    for field, count in pairs(mcc_counts) do
-      local bar = string.find(field, "|", 1, true)
-      local day = tonumber(string.sub(field, bar + 1))
-      if string.sub(field, 1, bar - 1) == tx.mcc and day >= today - 36 and day <= today - 7 then
-        nn = nn + count
+    if counts_min_day <= today - 7 then
+      for field, count in pairs(mcc_counts) do
+        local bar = string.find(field, "|", 1, true)
+        local day = tonumber(string.sub(field, bar + 1))
+        if string.sub(field, 1, bar - 1) == tx.mcc and day >= today - 36 and day <= today - 7 then
+          nn = nn + count
+        end
       end
     end
     mcc_risk = 0
@@ -453,6 +479,7 @@ for _, tx in ipairs(rows) do
     if tx.mcc then
       local field = tx.mcc .. "|" .. today
       mcc_counts[field] = (mcc_counts[field] or 0) + 1
+      counts_min_day = math.min(counts_min_day, today)
     end
   end
 end
@@ -466,11 +493,23 @@ for field, count in pairs(mcc_counts) do
   local mcc, day = string.sub(field, 1, bar - 1), tonumber(string.sub(field, bar + 1))
   local mk = prefix .. ":m:" .. mcc
   redis.call("HINCRBY", mk, "n:" .. day, count)
+  -- a payment a week or more behind the newest: the cached sums holding its day go
+  local newest = mcc_newest[mcc][2]
+  if day + 7 <= newest then
+    local stale = {}
+    for d = day + 7, math.min(day + 36, newest) do stale[#stale + 1] = "s:" .. d end
+    redis.call("HDEL", mk, unpack(stale))
+  end
   -- A transaction up to the allowed lateness behind the newest still reads 30 days
   -- behind its own (earlier) day: only buckets older than that may go.
-  local gone = day - 38 - math.ceil(lateness / DAY)
-  redis.call("HDEL", mk, "n:" .. gone, "f:" .. gone)
+  local gone = day - 38 - LATE_DAYS
+  redis.call("HDEL", mk, "n:" .. gone, "f:" .. gone, "s:" .. gone)
   redis.call("PEXPIRE", mk, ms(TERM_RET + 2 * DAY + lateness))
+end
+for mcc, newest in pairs(mcc_newest) do
+  if newest[2] > newest[1] then
+    redis.call("HSET", prefix .. ":m:" .. mcc, "!d", ms(newest[2]))
+  end
 end
 
 out[1] = too_late

@@ -19,7 +19,10 @@ key                              holds
                                  current label (the latest label time wins)
 ``<p>:d:<device>:z``             device log, member ``id\\0card`` (1 hour)
 ``<p>:i:<ip>:z``                 IP log, member ``id\\0card`` (1 hour)
-``<p>:m:<mcc>``                  hash ``n:<day>`` / ``f:<day>``: UTC-day buckets
+``<p>:m:<mcc>``                  hash ``n:<day>`` / ``f:<day>``: UTC-day buckets;
+                                 ``s:<day>``: that day's 30-day sums, cached until
+                                 a label or a week-late payment changes them;
+                                 ``!d``: the newest day counted
 ===============================  ========================================================
 
 Trailing card windows cost two lookups whatever their length: each event stores the

@@ -335,6 +335,37 @@ def test_online_equals_twin_in_any_arrival_order(
     assert store.too_late == 0  # nothing here is later than the allowed lateness
 
 
+def test_cached_merchant_category_sums_follow_labels_and_week_late_payments(
+    make_store: Callable[..., RedisFeatureStore],
+) -> None:
+    """A category's 30-day sums are kept across batches; a label, or a payment late
+    enough to fall inside those 30 days, must reach the next transaction's risk."""
+    lateness = 10 * DAY_MS
+    store = make_store(allowed_lateness_ms=lateness)
+    twin = InMemoryFeatureStore(allowed_lateness_ms=lateness)
+
+    def risk(tx: Transaction) -> float:
+        online, mirror = (
+            col(store.compute([tx]), "mcc_risk_30d"),
+            col(twin.compute([tx]), "mcc_risk_30d"),
+        )
+        assert online == mirror
+        return online[0]
+
+    old = [make_tx(i, at=timedelta(days=i), card=f"c{i}", mcc="5411") for i in range(2)]
+    for tx in old:
+        risk(tx)
+    day10 = timedelta(days=10)
+    assert risk(make_tx(10, at=day10, card="p", mcc="5411")) == 0.0  # days 0-1: 2, no fraud
+    fraud = make_label(old[0], fraud=True, after=day10 + timedelta(minutes=30))
+    assert store.apply_labels([fraud]) == twin.apply_labels([fraud]) == 1
+    assert risk(make_tx(11, at=day10 + timedelta(hours=1), card="p", mcc="5411")) == 0.5
+    # eight days late, within the allowed lateness: day 2 is inside day 10's window
+    late = make_tx(2, at=timedelta(days=2), card="c2", mcc="5411")
+    risk(late)
+    assert risk(make_tx(12, at=day10 + timedelta(hours=2), card="p", mcc="5411")) == 1 / 3
+
+
 def test_a_late_transaction_still_sees_merchant_category_days_a_newer_one_moved_past(
     redis_client: Callable[..., Any],
 ) -> None:
