@@ -137,10 +137,11 @@ def evaluate(
     rules = ruleset.rules
     if not rules:
         return RuleEvaluation(ruleset, np.zeros((len(batch), 0), dtype=np.bool_), lists_ok)
-    exprs = [r.condition.expr.fill_null(False).alias(f"__rule_{i}__") for i, r in enumerate(rules)]
+    exprs = ruleset.hit_expressions
     errors: list[tuple[str, str]] = []
     try:
-        hits = frame.with_columns(exprs).select([e.meta.output_name() for e in exprs]).to_numpy()
+        # with_columns, not select: a condition that reads no column is broadcast
+        hits = frame.with_columns(exprs).select(ruleset.hit_columns).to_numpy()
     except POLARS_ERRORS:  # one bad rule must not silence the others: retry one by one
         columns = []
         for rule, expr in zip(rules, exprs, strict=True):

@@ -23,9 +23,11 @@ import re
 import tomllib
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fraudstream.errors import RuleFileError
@@ -84,13 +86,26 @@ class RuleSet:
     def version(self) -> str:
         return f"rules-{self.digest[:12]}"
 
-    @property
+    # Cached: both are read for every batch the engine decides.
+    @cached_property
     def columns(self) -> frozenset[str]:
         """Every column some rule reads; only these are built for a batch."""
         used: set[str] = set()
         for rule in self.rules:
             used |= rule.condition.columns
         return frozenset(used)
+
+    @cached_property
+    def hit_expressions(self) -> tuple[pl.Expr, ...]:
+        """Each rule's condition as one boolean column; a missing value never fires."""
+        return tuple(
+            r.condition.expr.fill_null(False).alias(f"__rule_{i}__")
+            for i, r in enumerate(self.rules)
+        )
+
+    @cached_property
+    def hit_columns(self) -> tuple[str, ...]:
+        return tuple(e.meta.output_name() for e in self.hit_expressions)
 
     def current(self) -> RuleSet:
         """A fixed rule set is its own source (see ``RuleBook`` for a reloading one)."""
