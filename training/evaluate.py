@@ -229,12 +229,15 @@ def fit_window_ensemble(
     )
 
 
+_DEFAULT_MAX_BIN = XGBoostParams().max_bin
+
+
 def describe_xgboost(p: XGBoostParams) -> str:
     bagging = f" bags={p.bags} at {p.negatives_per_positive:g}:1" if p.bags > 1 else ""
     return (
         f"max_depth={p.max_depth} n_estimators={p.n_estimators} "
         f"learning_rate={p.learning_rate:g} min_child_weight={p.min_child_weight:g}"
-        f"{'' if p.max_bin == 256 else f' max_bin={p.max_bin}'}{bagging}"
+        f"{'' if p.max_bin == _DEFAULT_MAX_BIN else f' max_bin={p.max_bin}'}{bagging}"
     )
 
 
