@@ -1,22 +1,25 @@
 """The physical limit the engine is measured against: a Faust worker that consumes the
 transactions topic and produces each value unchanged to the decisions topic, with the
 same app settings, micro-batching and acknowledgement discipline as the real worker
-(``streams/agents.py``) but no decoding, features or scoring.
+(the scoring agent's own loop, ``streams.agents.score_stream``: the next batch read and
+sent while the last one waits for the broker) but no decoding, features or scoring.
 
     FRAUDSTREAM__... python -m benchmarks.noop_worker
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import faust
 
 from fraudstream.settings import load_settings
-from streams.agents import send_all
+from streams.agents import SentBatch, score_stream, send_all
 from streams.app import create_app, declare_topics
+from streams.batching import EventBatcher
+from streams.scoring import BatchOutcome, NoHooks, RawMessage
 
 
 def build(settings: Any) -> faust.App:
@@ -25,9 +28,16 @@ def build(settings: Any) -> faust.App:
     max_batch = settings.scoring.max_batch_size
     window = settings.scoring.batch_window_ms / 1000.0
 
+    class Forward:
+        """Each value to the decisions topic, unchanged."""
+
+        async def send(self, messages: Sequence[RawMessage]) -> SentBatch:
+            return SentBatch(BatchOutcome(), [], await send_all(topics.decisions, messages))
+
     async def forward(stream: Any) -> None:
-        async for events in stream.take_events(max_batch, within=window):
-            await asyncio.gather(*await send_all(topics.decisions, [e.message for e in events]))
+        manual = stream.noack()
+        batches = EventBatcher(manual.events(), max_batch, window)
+        await score_stream(manual, Forward(), batches, NoHooks())
 
     app.agent(topics.transactions, name="noop", concurrency=1)(forward)
     return app

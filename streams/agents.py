@@ -32,6 +32,7 @@ import msgspec
 from fraudstream.errors import FeatureStoreError
 from fraudstream.wire import BatchDecoder, Decision, LabelEvent, Transaction, transaction_decoder
 from streams.app import EngineTopics
+from streams.batching import EventBatcher
 from streams.dedupe import (
     TABLE_NAME,
     DedupeConfig,
@@ -152,20 +153,14 @@ def register_scoring_agent(
             if deduplicator is not None:
                 deduplicator.reset()
 
-    step = ScoringStep(decoder, decider, topics, table, deduplicator, observer)
+    step = ScoringStep(
+        decoder, decider, topics, table, deduplicator, observer, shadow_topic=shadow_topic
+    )
 
     async def score(stream: Any) -> None:
-        async for events in stream.take_events(max_batch, within=batch_window_s):
-            started = time.perf_counter()
-            messages = _raw(events)
-            outcome, decisions = await step.run(messages)
-            # Shadow decisions (streams.routing) never act; acknowledged before the inputs.
-            shadow = decider.take_shadow()
-            if shadow and shadow_topic is not None:
-                await asyncio.gather(*await send_all(shadow_topic, shadow))
-            hooks.batch_processed(outcome, len(messages), time.perf_counter() - started)
-            if observer is not None:
-                observer.decisions_produced(decisions, datetime.now(UTC))
+        manual = stream.noack()  # acknowledged by score_stream, once delivered
+        batches = EventBatcher(manual.events(), max_batch, batch_window_s)
+        await score_stream(manual, step, batches, hooks, observer)
 
     agent = app.agent(topics.transactions, name="score", concurrency=1)(score)
     if observer is not None:
@@ -177,6 +172,63 @@ def register_scoring_agent(
             rewritten,
         )
     return ScoringAgent(agent=agent, table=table, dedupe=deduplicator)
+
+
+class BatchSender(Protocol):
+    """What :func:`score_stream` drives: one batch in, its outputs handed to the
+    producer (:class:`ScoringStep`; the benchmarks' no-op worker forwards the bytes)."""
+
+    async def send(self, messages: Sequence[RawMessage]) -> SentBatch: ...
+
+
+async def score_stream(
+    stream: Any,
+    step: BatchSender,
+    batches: EventBatcher[Any],
+    hooks: StreamHooks,
+    observer: ScoringObserver | None = None,
+) -> None:
+    """The scoring agent's loop over ``stream`` (Faust's, with acknowledgements left to
+    the caller: ``noack()``; ``batches`` reads its ``events()``): each batch is decided
+    and handed to the producer while the previous one waits for the broker; a batch's
+    inputs are acknowledged (``stream.ack``) only once every output of it is
+    acknowledged by the broker (at-least-once).
+
+    One batch is in delivery at a time, so inputs are acknowledged in order. A failed
+    delivery is logged at once and ends the loop (Faust restarts the agent); neither its
+    inputs nor any later ones are acknowledged, so they are read again and get their
+    remembered decisions (``streams.dedupe``), never a second scoring."""
+    delivering: asyncio.Future[None] | None = None
+
+    async def deliver(events: Sequence[Any], sent: SentBatch, started: float) -> None:
+        try:
+            await asyncio.gather(*sent.pending)
+        except Exception:
+            log.exception("a batch's outputs were not delivered; its inputs stay unacknowledged")
+            raise
+        for event in events:
+            await stream.ack(event)
+        hooks.batch_processed(sent.outcome, len(events), time.perf_counter() - started)
+        if observer is not None:
+            observer.decisions_produced(sent.decisions, datetime.now(UTC))
+
+    async with batches:
+        try:
+            while True:
+                try:
+                    events = await batches.next()
+                except StopAsyncIteration:
+                    break
+                started = time.perf_counter()
+                sent = await step.send(_raw(events))
+                if delivering is not None:
+                    await delivering
+                delivering = asyncio.ensure_future(deliver(events, sent, started))
+            if delivering is not None:
+                await delivering
+        finally:
+            if delivering is not None and not delivering.done():
+                delivering.cancel()
 
 
 async def send_all(topic: Any, outgoing: Sequence[Any]) -> list[Any]:
@@ -192,6 +244,16 @@ async def send_all(topic: Any, outgoing: Sequence[Any]) -> list[Any]:
     return [await producer.send(name, o.key, o.value, None, None, None) for o in outgoing]
 
 
+@dataclass
+class SentBatch:
+    """A batch handed to the producer: what it decided, and the broker
+    acknowledgements (futures) still to come for its outputs."""
+
+    outcome: BatchOutcome
+    decisions: list[Decision]
+    pending: list[Any]
+
+
 @dataclass(frozen=True)
 class ScoringStep:
     decoder: BatchDecoder[Transaction]
@@ -201,12 +263,19 @@ class ScoringStep:
     deduplicator: Deduplicator | None
     observer: ScoringObserver | None
     clock: Callable[[], float] = time.time  # wall clock, seconds: when a decision is made
+    shadow_topic: Any | None = None  # where shadow decisions go (None: dropped)
 
     async def run(self, messages: Sequence[RawMessage]) -> tuple[BatchOutcome, list[Decision]]:
+        """:meth:`send`, then wait until the broker has acknowledged every output."""
+        sent = await self.send(messages)
+        await asyncio.gather(*sent.pending)
+        return sent.outcome, sent.decisions
+
+    async def send(self, messages: Sequence[RawMessage]) -> SentBatch:
         """One batch: score only what was never decided, remember it (table and
-        changelog on the source partition), re-emit the remembered decisions; then wait
-        until the broker has acknowledged every output and changelog write, before
-        take_events acks (and later commits) the inputs."""
+        changelog on the source partition), re-emit the remembered decisions, and hand
+        every output to the producer; the broker acknowledgements come back pending,
+        to be awaited before the inputs are acknowledged."""
         now = datetime.now(UTC)
         outcome, valid = decode_by_partition(messages, self.decoder, now)
         dedupe, table = self.deduplicator, self.table
@@ -223,8 +292,11 @@ class ScoringStep:
         topics = self.topics
         pending += await send_all(topics.deadletter, outcome.deadletters)
         pending += await send_all(topics.decisions, [*outcome.decisions, *reemits])
-        await asyncio.gather(*pending)
-        return outcome, list(decisions)
+        # Shadow decisions (streams.routing) never act; delivered with the batch.
+        shadow = self.decider.take_shadow()
+        if shadow and self.shadow_topic is not None:
+            pending += await send_all(self.shadow_topic, shadow)
+        return SentBatch(outcome, list(decisions), pending)
 
     async def _remember(
         self, dedupe: Deduplicator, table: Any, split: DedupeSplit, outcome: BatchOutcome

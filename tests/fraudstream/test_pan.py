@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 
 from fraudstream.wire import encode, transaction_decoder
 from fraudstream.wire.pan import (
+    _CANDIDATE,
     CardNumberIngress,
     PanTokenizer,
     find_pans,
     is_pan,
     luhn_valid,
     mask,
+    may_hold_pan,
 )
 
 KEY = b"k" * 32
@@ -86,6 +88,29 @@ def test_scrub_removes_every_card_number_and_keeps_the_rest(
     scrubbed = PanTokenizer(KEY).scrub(doc)
     assert pan.encode() not in scrubbed, "a card number survived scrubbing"
     assert PanTokenizer(KEY).token(pan).encode() in scrubbed
+
+
+@st.composite
+def texts_with_numbers(draw: st.DrawFn) -> bytes:
+    """A card number (or any digit run), grouped at random by single spaces or dashes,
+    between arbitrary bytes."""
+    digits = draw(pans | st.text("0123456789", min_size=1, max_size=25))
+    seps = draw(st.lists(st.sampled_from(["", " ", "-"]), min_size=len(digits) - 1))
+    grouped = digits[0] + "".join(s + d for s, d in zip(seps, digits[1:], strict=False))
+    return draw(st.binary(max_size=20)) + grouped.encode() + draw(st.binary(max_size=20))
+
+
+@given(st.binary(max_size=80) | texts_with_numbers())
+def test_the_fast_path_never_misses_a_candidate(data: bytes) -> None:
+    """The ingress skips a message only when the prefilter says it holds nothing: it
+    must be true of everything the full pattern would find."""
+    if find_pans(data) or _CANDIDATE.search(data):
+        assert may_hold_pan(data)
+
+
+def test_the_fast_path_passes_grouped_numbers_and_skips_ordinary_messages() -> None:
+    assert may_hold_pan(b'{"x": "4111-1111 1111-1111"}')
+    assert not may_hold_pan(b'{"amount": 7.74, "event_time": "2025-01-01T00:28:39.706Z"}')
 
 
 def test_scrub_finds_grouped_numbers_and_leaves_other_digits() -> None:

@@ -1,10 +1,18 @@
-"""The agents' small pure helpers (the agents themselves run in the integration tests)."""
+"""The agents' small pure helpers and the scoring loop on stand-ins for Faust's stream
+(the agents themselves run in the integration tests)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
 from fraudstream.metrics import EngineMetrics, PrometheusStreamHooks
-from streams.agents import ScoringObserver, partition_lags
-from streams.scoring import NoHooks
+from streams.agents import ScoringObserver, SentBatch, partition_lags, score_stream
+from streams.batching import EventBatcher
+from streams.scoring import BatchOutcome, NoHooks, RawMessage, StreamHooks
 
 HIGH = {("tx", 0): 100, ("tx", 1): 7, ("labels", 0): 3, ("tx-changelog", 0): 50}
 
@@ -25,3 +33,112 @@ def test_a_committed_offset_past_a_stale_high_water_is_no_negative_lag() -> None
 def test_the_prometheus_hooks_observe_the_scoring_agent_and_plain_hooks_do_not() -> None:
     assert isinstance(PrometheusStreamHooks(EngineMetrics()), ScoringObserver)
     assert not isinstance(NoHooks(), ScoringObserver)
+
+
+# --- the scoring loop: pipelined batches, inputs acknowledged once delivered -----------
+
+
+@dataclass(frozen=True)
+class FakeMessage:
+    key: bytes
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class FakeEvent:
+    message: FakeMessage
+
+
+class ManualStream:
+    """Stands in for Faust's ``stream.noack()``: events as the test releases them, and
+    the acknowledgements the loop gives."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[FakeEvent | None] = asyncio.Queue()
+        self.acked: list[int] = []
+
+    def put(self, *offsets: int) -> None:
+        for offset in offsets:
+            self.queue.put_nowait(FakeEvent(FakeMessage(b"k", b"{}", "tx", 0, offset)))
+
+    async def events(self) -> AsyncIterator[FakeEvent]:
+        while (event := await self.queue.get()) is not None:
+            yield event
+
+    async def ack(self, event: FakeEvent) -> bool:
+        self.acked.append(event.message.offset)
+        return True
+
+
+@dataclass
+class DeliveringStep:
+    """Stands in for :class:`streams.agents.ScoringStep`: records each batch it is given
+    and leaves the broker's acknowledgements of its outputs to the test."""
+
+    sent: list[list[int]] = field(default_factory=list)
+    acks: list[asyncio.Future[None]] = field(default_factory=list)
+
+    async def send(self, messages: Sequence[RawMessage]) -> SentBatch:
+        self.sent.append([m.offset for m in messages])
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+        return SentBatch(BatchOutcome(), [], [ack])
+
+
+class CountingHooks(NoHooks):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def batch_processed(self, outcome: BatchOutcome, size: int, seconds: float) -> None:
+        self.sizes.append(size)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def start_loop(
+    stream: ManualStream, step: DeliveringStep, hooks: StreamHooks
+) -> asyncio.Task[None]:
+    batches = EventBatcher(stream.events(), max_batch=3, within_s=0.01)
+    return asyncio.ensure_future(score_stream(stream, step, batches, hooks))
+
+
+async def test_the_next_batch_is_decided_while_the_last_one_waits_for_the_broker() -> None:
+    stream, step, hooks = ManualStream(), DeliveringStep(), CountingHooks()
+    loop = start_loop(stream, step, hooks)
+    stream.put(0, 1, 2, 3, 4, 5, 6)
+    await until(lambda: len(step.sent) == 2)
+    assert step.sent == [[0, 1, 2], [3, 4, 5]]
+    assert stream.acked == []  # nothing acknowledged before the broker acknowledged it
+    step.acks[0].set_result(None)
+    await until(lambda: len(step.sent) == 3)
+    assert stream.acked == [0, 1, 2] and hooks.sizes == [3]
+    # One batch in delivery at a time: the third waits until the second is delivered.
+    step.acks[2].set_result(None)
+    await asyncio.sleep(0.02)
+    assert stream.acked == [0, 1, 2]
+    step.acks[1].set_result(None)
+    await until(lambda: stream.acked == list(range(7)))
+    assert hooks.sizes == [3, 3, 1]
+    stream.queue.put_nowait(None)
+    await asyncio.wait_for(loop, 1.0)
+
+
+async def test_a_failed_delivery_ends_the_loop_and_acknowledges_nothing_after_it() -> None:
+    stream, step = ManualStream(), DeliveringStep()
+    loop = start_loop(stream, step, NoHooks())
+    stream.put(0, 1, 2, 3, 4, 5)
+    await until(lambda: len(step.sent) == 2)
+    step.acks[1].set_result(None)
+    step.acks[0].set_exception(RuntimeError("broker refused"))
+    with pytest.raises(RuntimeError, match="broker refused"):
+        await asyncio.wait_for(loop, 1.0)
+    assert stream.acked == []  # both batches are read again, and re-emitted from dedupe

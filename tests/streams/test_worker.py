@@ -25,6 +25,8 @@ from fraudstream.errors import (
 from fraudstream.metrics import EngineMetrics, PrometheusEngineHooks, PrometheusStreamHooks
 from fraudstream.wire import Transaction
 from models.decide import EnginePipeline
+from streams import agents
+from streams.batching import EventBatcher
 from streams.demo import FRAUDSTREAM_COMMAND
 from streams.scoring import NoHooks
 from streams.worker import build_scoring, build_worker_app, freeze_startup_objects
@@ -111,7 +113,7 @@ def test_the_worker_app_has_a_scoring_and_a_labels_agent(engine_bundle: Path) ->
 
 class WindowRecordingStream:
     """Stands in for the agents' Faust stream: records the window each agent batches
-    with and ends at once."""
+    with (``take_events``; the scoring agent's own batcher, see below) and ends at once."""
 
     def __init__(self) -> None:
         self.windows: list[float] = []
@@ -120,14 +122,20 @@ class WindowRecordingStream:
         self.windows.append(within)
         return self._nothing()
 
-    async def _nothing(self) -> AsyncIterator[list[Any]]:
-        nothing: list[list[Any]] = []
-        for batch in nothing:
-            yield batch
+    def noack(self) -> WindowRecordingStream:
+        return self
+
+    def events(self) -> AsyncIterator[Any]:
+        return self._nothing()
+
+    async def _nothing(self) -> AsyncIterator[Any]:
+        nothing: list[Any] = []
+        for item in nothing:
+            yield item
 
 
 async def test_labels_and_reconciliation_batch_with_the_background_window(
-    engine_bundle: Path,
+    engine_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = engine_settings(
         engine_bundle,
@@ -137,11 +145,20 @@ async def test_labels_and_reconciliation_batch_with_the_background_window(
     )
     parts = build_scoring(settings, NoHooks())
     app = build_worker_app(settings, EngineMetrics(CollectorRegistry()), parts)
-    windows = {}
+    windows: dict[str, list[float]] = {}
+    current: list[float] = []
+
+    class RecordingBatcher(EventBatcher[Any]):
+        def __init__(self, events: Any, max_batch: int, within_s: float) -> None:
+            current.append(within_s)
+            super().__init__(events, max_batch, within_s)
+
+    monkeypatch.setattr(agents, "EventBatcher", RecordingBatcher)
     for agent in app.agents.values():
         stream = WindowRecordingStream()
+        current.clear()
         await agent.fun(stream)
-        windows[agent.name.rsplit(".", 1)[-1]] = stream.windows
+        windows[agent.name.rsplit(".", 1)[-1]] = stream.windows + current
     assert windows == {"score": [0.007], "labels": [0.4], "reconcile": [0.4]}
 
 
