@@ -265,12 +265,6 @@ class ScoringStep:
     clock: Callable[[], float] = time.time  # wall clock, seconds: when a decision is made
     shadow_topic: Any | None = None  # where shadow decisions go (None: dropped)
 
-    async def run(self, messages: Sequence[RawMessage]) -> tuple[BatchOutcome, list[Decision]]:
-        """:meth:`send`, then wait until the broker has acknowledged every output."""
-        sent = await self.send(messages)
-        await asyncio.gather(*sent.pending)
-        return sent.outcome, sent.decisions
-
     async def send(self, messages: Sequence[RawMessage]) -> SentBatch:
         """One batch: score only what was never decided, remember it (table and
         changelog on the source partition), re-emit the remembered decisions, and hand

@@ -321,7 +321,7 @@ async def test_the_step_writes_through_on_the_source_partition_before_producing(
     pipeline = CountingPipeline()
     clock = Clock()
     step, observer = make_step(log, pipeline, clock)
-    await step.run(make_messages("a", partition=3))
+    await step.send(make_messages("a", partition=3))
     first = [entry for entry in log if entry[0] == "decisions"]
     assert [kind for kind, _ in log] == ["changelog", "decisions"]
     (_, (partition, key, value, _)) = log[0]
@@ -330,7 +330,7 @@ async def test_the_step_writes_through_on_the_source_partition_before_producing(
 
     log.clear()
     clock.at += 61  # past the retention: "a" is forgotten after this batch
-    _, decisions = await step.run(make_messages("a", "b", partition=3, start=1))
+    decisions = (await step.send(make_messages("a", "b", partition=3, start=1))).decisions
     assert pipeline.seen == ["a", "b"]
     assert decisions and [d.transaction_id for d in decisions] == ["b"]
     assert observer.hits == [0, 1]
@@ -347,9 +347,9 @@ async def test_changelog_records_are_the_bytes_the_tables_json_codec_writes() ->
     log: list[tuple[str, Any]] = []
     clock = Clock()
     step, _ = make_step(log, CountingPipeline(), clock)
-    await step.run(make_messages("a", "b", partition=3))
+    await step.send(make_messages("a", "b", partition=3))
     clock.at += 61  # "a" and "b" expire: their tombstones are written with this batch
-    await step.run(make_messages("c", partition=3, start=2))
+    await step.send(make_messages("c", partition=3, start=2))
     producer = step.table.app.producer
     keys = [codecs.loads("json", key) for key, _ in producer.raw]
     assert sorted(keys) == ["a", "a", "b", "b", "c"]
