@@ -459,4 +459,8 @@ def run_worker(settings: Settings) -> None:
         parts.gnn.warm_up()
     freeze_startup_objects()
     worker = faust.Worker(app, loglevel=settings.worker.log_level.lower(), quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if parts.gnn is not None:
+            parts.gnn.close()  # the refresh child: the interpreter's exit would wait for it

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timedelta
@@ -78,7 +79,20 @@ class ChildProcessEmbeddings:
             return refreshed
 
     def close(self) -> None:
-        self._discard()
+        """Stop the child now, also mid-refresh or mid-import (a refresh waiting on it
+        fails, and the embeddings in force stay). Waiting instead held a stopping
+        worker for as long as the child took: at the lowest priority on a busy machine
+        that was over 30 s, while the interpreter's exit waited for it."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # ProcessPoolExecutor can only wait for its children before Python 3.14's
+        # terminate_workers(); its process table is the one way to stop them earlier.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -102,6 +116,7 @@ class ChildProcessEmbeddings:
 
 
 def _start_child(threads: int) -> None:
+    _exit_with_parent()
     # Background work: the lowest CPU priority, so that importing torch and running the
     # encoder only take what the decisions, Kafka and Redis leave (four workers starting
     # together on two cores each had a child importing torch: their drain fell from
@@ -113,6 +128,20 @@ def _start_child(threads: int) -> None:
     import models.gnn.training  # noqa: F401  (the encoder's imports, once)
 
     torch.set_num_threads(threads)
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """End this child once its worker is gone (killed, say): the pool would notice only
+    after the work in hand, and importing torch at the lowest priority on a busy
+    machine takes minutes."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _ready() -> bool:

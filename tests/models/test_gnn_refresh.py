@@ -4,6 +4,9 @@ refresh period of event time, from what the worker saw and learned; state bounde
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +30,7 @@ from tests.models.factories import (
 )
 
 DAY = timedelta(days=1)
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +139,66 @@ def test_a_child_that_dies_fails_one_refresh_and_the_next_starts_another(
         child.close()
     assert refreshed is not None and refresher.scorer is refreshed
     assert child.completed == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_close_stops_a_child_in_the_middle_of_its_work(tmp_path: Path) -> None:
+    """A stopping worker does not wait for the refresh in hand: the interpreter's exit
+    would otherwise wait for the child (minutes at the lowest priority when busy)."""
+    child = ChildProcessEmbeddings(scratch=tmp_path)
+    pid = child._executor().submit(os.getpid).result(timeout=120)
+    assert pid != os.getpid()
+    busy = child._executor().submit(time.sleep, 120)  # a refresh that takes long
+    time.sleep(0.5)
+    began = time.monotonic()
+    child.close()
+    assert _wait_gone(pid, 10), "the child still runs after close()"
+    with pytest.raises(BrokenProcessPool):
+        busy.result(timeout=10)  # what a refresh waiting on it gets: it fails
+    assert time.monotonic() - began < 15
+
+
+def test_a_child_whose_worker_is_killed_exits_without_finishing_its_work(
+    tmp_path: Path,
+) -> None:
+    """A worker killed with SIGKILL runs no clean-up: its child must not run on."""
+    script = (
+        "import os, sys, time\n"
+        "from models.gnn.refresh_process import ChildProcessEmbeddings\n"
+        "child = ChildProcessEmbeddings()\n"
+        "print(child._executor().submit(os.getpid).result(timeout=120), flush=True)\n"
+        "child._executor().submit(time.sleep, 120)\n"
+        "time.sleep(120)\n"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout is not None
+        pid = int(worker.stdout.readline())
+        time.sleep(0.5)  # the child is in its two-minute sleep
+        worker.kill()
+        worker.wait(10)
+        assert _wait_gone(pid, 10), "the child outlived its killed worker"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
 
 
 class LabelCountingState(GraphState):

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from fraudstream.simulator import SimulatorConfig, generate
@@ -47,6 +48,7 @@ class FraudstreamProcess:
         self.lines: list[str] = []
         self._seen = threading.Condition()
         self.proc: subprocess.Popen[str] | None = None
+        self.left_running: list[str] = []  # set by stop()
 
     def start(self) -> FraudstreamProcess:
         self.proc = subprocess.Popen(
@@ -55,14 +57,19 @@ class FraudstreamProcess:
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
+            # Decoded here, never strictly: a pump that died on one odd byte would stop
+            # draining the pipe, and the process would hang on its next write.
+            encoding="utf-8",
+            errors="replace",
         )
         threading.Thread(target=self._pump, daemon=True).start()
         return self
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        with self.log_path.open("a", encoding="utf-8") as log:
+        # Line-buffered: a test that fails reads the log's tail while the process may
+        # still be running (or stuck), and should see everything it printed so far.
+        with self.log_path.open("a", encoding="utf-8", buffering=1) as log:
             for line in self.proc.stdout:
                 log.write(line)
                 with self._seen:
@@ -81,15 +88,52 @@ class FraudstreamProcess:
                 self._seen.wait(remaining)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``sig`` and wait for the exit status (stacks dumped, then SIGKILL, after
+        ``timeout``). What the process started and left running is killed too, and
+        named in :attr:`left_running`: a test run must not pile up orphans (a worker's
+        GNN refresh child holds ~800 MB)."""
         assert self.proc is not None
         if self.proc.poll() is None:
+            descendants = _descendants(self.proc.pid)
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.dump_stacks()
                 self.proc.kill()
                 self.proc.wait(10)
+            self.left_running = _reap(descendants, grace_s=5.0)
         return self.proc.returncode
+
+    def dump_stacks(self, settle_s: float = 3.0) -> None:
+        """Have a stuck worker print every thread's stack and every asyncio task's
+        (mode's worker does on SIGUSR1) into its log, for the failure report. Nothing
+        comes when the event loop itself is blocked: that is then the finding. A process
+        without the handler just ends (SIGUSR1's default), as it was about to anyway."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(settle_s)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        children: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    return children
+
+
+def _reap(processes: list[psutil.Process], grace_s: float) -> list[str]:
+    """Those of ``processes`` still running ``grace_s`` after their parent ended
+    (their command lines), killed."""
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    left = []
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            left.append(" ".join(process.cmdline())[:200])
+            process.kill()
+    return left
 
 
 def transaction(i: int, *, cards: int = 50, start: datetime | None = None) -> dict[str, Any]:

@@ -233,6 +233,8 @@ async def test_replay_decide_authorize_reconcile(
         worker_rc = worker.stop()
     assert worker_rc == 0, (tmp_path / "worker.log").read_text()[-3000:]
     assert authorize_rc == 0, (tmp_path / "authorize.log").read_text()[-3000:]
+    # Its GNN refresh child included: the interpreter's exit would wait for it.
+    assert worker.left_running == [], "the stopped worker left processes running"
 
     # Decisions: exactly one per valid transaction; a repeat may only be identical.
     by_id: dict[str, dict[str, Any]] = {}

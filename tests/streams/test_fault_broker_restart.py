@@ -86,6 +86,8 @@ async def test_broker_restart_mid_replay_loses_nothing_and_acts_once(
                 ),
                 timeout=180,
             )
+            if len({a["transaction_id"] for a in got[topics.authorizations]}) < len(valid_ids):
+                worker.dump_stacks()  # where it is stuck, into its log for the report
             decided_total = scrape(port, "fraudstream_decisions_total")
             hits = scrape(port, "fraudstream_dedupe_hits_total")
             authorize_rc = authorize.stop()
