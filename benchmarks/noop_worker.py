@@ -16,9 +16,10 @@ from typing import Any
 import faust
 
 from fraudstream.settings import load_settings
-from streams.agents import SentBatch, score_stream, send_all
+from streams.agents import SentBatch, score_stream
 from streams.app import create_app, declare_topics
 from streams.batching import EventBatcher
+from streams.delivery import send_all
 from streams.scoring import BatchOutcome, NoHooks, RawMessage
 
 

@@ -40,6 +40,7 @@ from streams.dedupe import (
     Deduplicator,
     decode_by_partition,
 )
+from streams.delivery import acknowledged, send_all
 from streams.scoring import (
     BatchDecider,
     BatchOutcome,
@@ -187,6 +188,8 @@ async def score_stream(
     batches: EventBatcher[Any],
     hooks: StreamHooks,
     observer: ScoringObserver | None = None,
+    *,
+    stuck_warning_s: float = 30.0,
 ) -> None:
     """The scoring agent's loop over ``stream`` (Faust's, with acknowledgements left to
     the caller: ``noack()``; ``batches`` reads its ``events()``): each batch is decided
@@ -197,12 +200,14 @@ async def score_stream(
     One batch is in delivery at a time, so inputs are acknowledged in order. A failed
     delivery is logged at once and ends the loop (Faust restarts the agent); neither its
     inputs nor any later ones are acknowledged, so they are read again and get their
-    remembered decisions (``streams.dedupe``), never a second scoring."""
+    remembered decisions (``streams.dedupe``), never a second scoring. A delivery
+    still waiting after ``stuck_warning_s`` is logged, again every ``stuck_warning_s``:
+    every decision after it waits too."""
     delivering: asyncio.Future[None] | None = None
 
     async def deliver(events: Sequence[Any], sent: SentBatch, started: float) -> None:
         try:
-            await asyncio.gather(*sent.pending)
+            await acknowledged(sent.pending, stuck_warning_s)
         except Exception:
             log.exception("a batch's outputs were not delivered; its inputs stay unacknowledged")
             raise
@@ -229,19 +234,6 @@ async def score_stream(
         finally:
             if delivering is not None and not delivering.done():
                 delivering.cancel()
-
-
-async def send_all(topic: Any, outgoing: Sequence[Any]) -> list[Any]:
-    """Hand each message (``.key``, ``.value`` bytes) straight to the Kafka producer;
-    the broker-acknowledgement futures come back. Faust's ``Topic.send`` wraps every
-    message in futures and callbacks (tens of microseconds each) that raw bytes, already
-    keyed and serialised, do not need; the delivery guarantee is the same, since the
-    caller awaits every acknowledgement before the inputs are acknowledged."""
-    if not outgoing:
-        return []
-    producer = topic.app.producer
-    name = topic.get_topic_name()
-    return [await producer.send(name, o.key, o.value, None, None, None) for o in outgoing]
 
 
 @dataclass

@@ -142,3 +142,25 @@ async def test_a_failed_delivery_ends_the_loop_and_acknowledges_nothing_after_it
     with pytest.raises(RuntimeError, match="broker refused"):
         await asyncio.wait_for(loop, 1.0)
     assert stream.acked == []  # both batches are read again, and re-emitted from dedupe
+
+
+async def test_a_delivery_the_broker_holds_back_is_reported_until_it_completes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream, step = ManualStream(), DeliveringStep()
+    batches = EventBatcher(stream.events(), max_batch=3, within_s=0.01)
+    loop = asyncio.ensure_future(
+        score_stream(stream, step, batches, NoHooks(), stuck_warning_s=0.02)
+    )
+    stream.put(0, 1, 2)
+    await until(lambda: len(step.sent) == 1)
+    await until(lambda: len(caplog.records) >= 2)  # again while it still waits
+    assert "1 of 1 outputs of a batch not acknowledged" in caplog.records[0].getMessage()
+    assert stream.acked == []
+    step.acks[0].set_result(None)
+    await until(lambda: stream.acked == [0, 1, 2])
+    reported = len(caplog.records)
+    await asyncio.sleep(0.06)
+    assert len(caplog.records) == reported  # nothing more once delivered
+    stream.queue.put_nowait(None)
+    await asyncio.wait_for(loop, 1.0)
