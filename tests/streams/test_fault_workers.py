@@ -147,7 +147,9 @@ async def run_with_workers(
     try:
         await asyncio.to_thread(authorize.wait_for, "authorizing decisions", 60)
         await disturb(
-            pool, tail, lambda: replay_produce(settings.kafka, topics.transactions, messages)
+            pool,
+            tail,
+            lambda part=messages: replay_produce(settings.kafka, topics.transactions, part),
         )
         await tail.wait(
             lambda got: {a["transaction_id"] for a in got[topics.authorizations]} >= ids,
@@ -209,12 +211,16 @@ async def test_a_worker_joining_and_leaving_mid_stream_loses_and_doubles_nothing
     messages = replay_data(20_000)
     decisions = settings.kafka.topics.decisions
     decided_by_second: list[float] = []
+    seen_at_leave: list[int] = []  # decisions on the topic when the second worker left
 
     async def join_then_leave(pool: WorkerPool, tail: TopicTail, replay: Any) -> None:
         await pool.start_ready(0)
-        producing = asyncio.ensure_future(replay())
+        await replay(messages[:4_000])
         await tail.wait(lambda got: len(got[decisions]) >= 2_000, 120, "2,000 decisions")
         await pool.start_ready(1)  # rebalance: the partitions are shared out again
+        # The rest only now: one worker alone decides 20,000 in about the time the
+        # second takes to start, and the second would join a finished stream.
+        producing = asyncio.ensure_future(replay(messages[4_000:]))
         # The second worker takes part before it leaves (its own decisions counter).
         port = pool.metrics_ports[1]
         for _ in range(360):
@@ -223,11 +229,13 @@ async def test_a_worker_joining_and_leaving_mid_stream_loses_and_doubles_nothing
                 break
             await asyncio.sleep(0.5)
         decided_by_second.append(decided)
+        seen_at_leave.append(tail.count(decisions))
         second = pool.running.pop(1)
         assert second.stop() == 0, second.log_path.read_text()[-3000:]  # rebalance again
         await producing
 
     received, _ = await run_with_workers(settings, env, tmp_path, messages, join_then_leave)
     assert decided_by_second and decided_by_second[0] > 0
+    assert seen_at_leave and seen_at_leave[0] < len(messages), "it left a finished stream"
     ids = transaction_ids(messages)
     assert_one_effect_each(received, settings.kafka.topics, ids, record_property)
