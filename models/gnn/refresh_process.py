@@ -72,7 +72,7 @@ class ChildProcessEmbeddings:
                     state.history.total_seconds(),
                 ).result(timeout=self._timeout_s)
             except BrokenProcessPool:
-                self._discard()  # the child died: the next refresh starts another
+                self.close()  # the child died: the next refresh starts another
                 raise
             refreshed = GNNScorer.load(work / _REFRESHED)
             self.completed += 1
@@ -104,12 +104,6 @@ class ChildProcessEmbeddings:
                     initargs=(self._threads,),
                 )
             return self._pool
-
-    def _discard(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --- in the child ------------------------------------------------------------------------
