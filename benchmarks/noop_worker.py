@@ -16,11 +16,10 @@ from typing import Any
 import faust
 
 from fraudstream.settings import load_settings
-from streams.agents import SentBatch, score_stream
 from streams.app import create_app, declare_topics
 from streams.batching import EventBatcher
-from streams.delivery import send_all
 from streams.scoring import BatchOutcome, NoHooks, RawMessage
+from streams.scoring_loop import SentBatch, releaser, score_stream, send_all
 
 
 def build(settings: Any) -> faust.App:
@@ -38,7 +37,7 @@ def build(settings: Any) -> faust.App:
     async def forward(stream: Any) -> None:
         manual = stream.noack()
         batches = EventBatcher(manual.events(), max_batch, window)
-        await score_stream(manual, Forward(), batches, NoHooks())
+        await score_stream(manual, Forward(), batches, NoHooks(), release=releaser(app))
 
     app.agent(topics.transactions, name="noop", concurrency=1)(forward)
     return app

@@ -24,13 +24,13 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import faust
 import msgspec
 
 from fraudstream.errors import FeatureStoreError
-from fraudstream.wire import BatchDecoder, Decision, LabelEvent, Transaction, transaction_decoder
+from fraudstream.wire import BatchDecoder, LabelEvent, Transaction, transaction_decoder
 from streams.app import EngineTopics
 from streams.batching import EventBatcher
 from streams.dedupe import (
@@ -40,7 +40,6 @@ from streams.dedupe import (
     Deduplicator,
     decode_by_partition,
 )
-from streams.delivery import acknowledged, send_all
 from streams.scoring import (
     BatchDecider,
     BatchOutcome,
@@ -48,41 +47,20 @@ from streams.scoring import (
     RawMessage,
     StreamHooks,
     decode_labels,
+    raw_messages,
     record_decisions,
+)
+from streams.scoring_loop import (
+    ScoringObserver,
+    SentBatch,
+    releaser,
+    score_stream,
+    send_all,
 )
 
 log = logging.getLogger(__name__)
 
 ApplyLabels = Callable[[Sequence[LabelEvent]], int]
-
-
-def _raw(events: Sequence[Any]) -> list[RawMessage]:
-    return [
-        RawMessage(
-            key=e.message.key,
-            value=e.message.value,
-            topic=e.message.topic,
-            partition=e.message.partition,
-            offset=e.message.offset,
-        )
-        for e in events
-    ]
-
-
-@runtime_checkable
-class ScoringObserver(Protocol):
-    """What the scoring agent reports besides :class:`streams.scoring.StreamHooks`;
-    ``fraudstream.metrics.PrometheusStreamHooks`` implements both."""
-
-    def decisions_produced(self, decisions: Sequence[Decision], produced_at: datetime) -> None: ...
-
-    def deduplicated(self, hits: int, remembered: int) -> None: ...
-
-    def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None: ...
-
-    def commit_guard(self, rewinds: int, uncounted_acks: int) -> None: ...
-
-    def ingress_rewrites(self, per_field: Mapping[str, int]) -> None: ...
 
 
 def partition_lags(
@@ -161,7 +139,7 @@ def register_scoring_agent(
     async def score(stream: Any) -> None:
         manual = stream.noack()  # acknowledged by score_stream, once delivered
         batches = EventBatcher(manual.events(), max_batch, batch_window_s)
-        await score_stream(manual, step, batches, hooks, observer)
+        await score_stream(manual, step, batches, hooks, observer, release=releaser(app))
 
     agent = app.agent(topics.transactions, name="score", concurrency=1)(score)
     if observer is not None:
@@ -173,77 +151,6 @@ def register_scoring_agent(
             rewritten,
         )
     return ScoringAgent(agent=agent, table=table, dedupe=deduplicator)
-
-
-class BatchSender(Protocol):
-    """What :func:`score_stream` drives: one batch in, its outputs handed to the
-    producer (:class:`ScoringStep`; the benchmarks' no-op worker forwards the bytes)."""
-
-    async def send(self, messages: Sequence[RawMessage]) -> SentBatch: ...
-
-
-async def score_stream(
-    stream: Any,
-    step: BatchSender,
-    batches: EventBatcher[Any],
-    hooks: StreamHooks,
-    observer: ScoringObserver | None = None,
-    *,
-    stuck_warning_s: float = 30.0,
-) -> None:
-    """The scoring agent's loop over ``stream`` (Faust's, with acknowledgements left to
-    the caller: ``noack()``; ``batches`` reads its ``events()``): each batch is decided
-    and handed to the producer while the previous one waits for the broker; a batch's
-    inputs are acknowledged (``stream.ack``) only once every output of it is
-    acknowledged by the broker (at-least-once).
-
-    One batch is in delivery at a time, so inputs are acknowledged in order. A failed
-    delivery is logged at once and ends the loop (Faust restarts the agent); neither its
-    inputs nor any later ones are acknowledged, so they are read again and get their
-    remembered decisions (``streams.dedupe``), never a second scoring. A delivery
-    still waiting after ``stuck_warning_s`` is logged, again every ``stuck_warning_s``:
-    every decision after it waits too."""
-    delivering: asyncio.Future[None] | None = None
-
-    async def deliver(events: Sequence[Any], sent: SentBatch, started: float) -> None:
-        try:
-            await acknowledged(sent.pending, stuck_warning_s)
-        except Exception:
-            log.exception("a batch's outputs were not delivered; its inputs stay unacknowledged")
-            raise
-        for event in events:
-            await stream.ack(event)
-        hooks.batch_processed(sent.outcome, len(events), time.perf_counter() - started)
-        if observer is not None:
-            observer.decisions_produced(sent.decisions, datetime.now(UTC))
-
-    async with batches:
-        try:
-            while True:
-                try:
-                    events = await batches.next()
-                except StopAsyncIteration:
-                    break
-                started = time.perf_counter()
-                sent = await step.send(_raw(events))
-                if delivering is not None:
-                    await delivering
-                delivering = asyncio.ensure_future(deliver(events, sent, started))
-            if delivering is not None:
-                await delivering
-        finally:
-            if delivering is not None and not delivering.done():
-                delivering.cancel()
-
-
-@dataclass
-class SentBatch:
-    """A batch handed to the producer: what it decided, and the broker
-    acknowledgements (futures) still to come for its outputs."""
-
-    outcome: BatchOutcome
-    decisions: list[Decision]
-    pending: list[Any]
 
 
 @dataclass(frozen=True)
@@ -373,7 +280,7 @@ def register_labels_agent(
     async def apply(stream: Any) -> None:
         async for events in stream.take_events(max_batch, within=batch_window_s):
             started = time.perf_counter()
-            messages = _raw(events)
+            messages = raw_messages(events)
             outcome = decode_labels(messages, decoder)
             pending = [
                 await topics.deadletter.send(key=out.key, value=out.value)

@@ -124,6 +124,14 @@ class EventBatcher(Generic[E]):
             except TimeoutError:
                 return self._take()
 
+    def take_all(self) -> list[E]:
+        """Everything buffered and not handed out yet (for the caller to let go of when
+        it stops on an error)."""
+        held = [event for _, event in self._buffer]
+        self._buffer.clear()
+        self._room.set()
+        return held
+
     def _take(self) -> list[E]:
         buffer = self._buffer
         batch = [buffer.popleft()[1] for _ in range(min(self.max_batch, len(buffer)))]

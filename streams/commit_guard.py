@@ -94,14 +94,25 @@ class CommitGuardConsumer(aiokafka_driver.Consumer):
         app = self.app
         if message.generation_id == app.consumer_generation_id and app.flow_control.is_active():
             return bool(super().ack(message))
-        with ack_lock:
-            if not message.acked:
-                message.acked = True
-                self._unacked_messages.discard(message)
-                self.uncounted_acks += 1
-                if self._waiting_for_ack is not None:
-                    notify(self._waiting_for_ack)
+        if self.release(message):
+            self.uncounted_acks += 1
         return False
+
+    def release(self, message: Any) -> bool:
+        """Mark ``message`` done for Faust's bookkeeping without counting it as
+        processed: it is not committed, and the hole it leaves is read again. For what an
+        agent held when it failed: Faust waits for every message read to be acknowledged
+        before a rebalance and before stopping, and without this waited forever (a
+        worker whose agent had crashed could neither take part in a rebalance nor stop).
+        Whether it was still outstanding."""
+        with ack_lock:
+            if message.acked:
+                return False
+            message.acked = True
+            self._unacked_messages.discard(message)
+            if self._waiting_for_ack is not None:
+                notify(self._waiting_for_ack)
+        return True
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         """Not taken on trust: a hole is read again before it counts (see the module)."""

@@ -41,7 +41,7 @@ from fraudstream.settings import TopicSettings
 from fraudstream.wire import Authorization, BatchDecoder, Settlement, encode
 from fraudstream.wire.decode import dead_letter_record
 from fraudstream.wire.schemas import RejectKind
-from streams.scoring import Outgoing, RawMessage
+from streams.scoring import Outgoing, RawMessage, raw_messages
 
 TABLE_NAME = "reconcile-state"
 _META = "~meta:"
@@ -238,19 +238,6 @@ class ReconcileAgent:
     reconcilers: PartitionReconcilers
 
 
-def _raw(events: Sequence[Any]) -> list[RawMessage]:
-    return [
-        RawMessage(
-            key=e.message.key,
-            value=e.message.value,
-            topic=e.message.topic,
-            partition=e.message.partition,
-            offset=e.message.offset,
-        )
-        for e in events
-    ]
-
-
 def register_reconcile_agent(
     app: faust.App,
     names: TopicSettings,
@@ -293,7 +280,7 @@ def register_reconcile_agent(
     async def reconcile(stream: Any) -> None:
         async for events in stream.take_events(max_batch, within=batch_window_s):
             started = time.perf_counter()
-            messages = _raw(events)
+            messages = raw_messages(events)
             outcome = reconcile_batch(messages, decoders, reconcilers, datetime.now(UTC))
             for write in outcome.table_writes:
                 if write.value is None:

@@ -175,6 +175,20 @@ async def wait_for_straggler(late: asyncio.Future[Any], timeout_s: float) -> boo
     return not late.done()
 
 
+def raw_messages(events: Sequence[Any]) -> list[RawMessage]:
+    """The Kafka messages of Faust events, as the pure core takes them."""
+    return [
+        RawMessage(
+            key=e.message.key,
+            value=e.message.value,
+            topic=e.message.topic,
+            partition=e.message.partition,
+            offset=e.message.offset,
+        )
+        for e in events
+    ]
+
+
 class DeadlineDecider:
     """Runs a blocking pipeline in a worker thread, under a deadline.
 

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from fraudstream.metrics import EngineMetrics, PrometheusStreamHooks
-from streams.agents import ScoringObserver, SentBatch, partition_lags, score_stream
+from streams.agents import partition_lags
 from streams.batching import EventBatcher
 from streams.scoring import BatchOutcome, NoHooks, RawMessage, StreamHooks
+from streams.scoring_loop import ScoringObserver, SentBatch, score_stream
 
 HIGH = {("tx", 0): 100, ("tx", 1): 7, ("labels", 0): 3, ("tx-changelog", 0): 50}
 
@@ -164,3 +165,27 @@ async def test_a_delivery_the_broker_holds_back_is_reported_until_it_completes(
     assert len(caplog.records) == reported  # nothing more once delivered
     stream.queue.put_nowait(None)
     await asyncio.wait_for(loop, 1.0)
+
+
+async def test_a_failed_loop_releases_everything_it_held_and_acknowledges_none() -> None:
+    """What it held (in delivery, decided, buffered) is let go for Faust's bookkeeping,
+    which otherwise waits for it forever before a rebalance or a stop."""
+    stream, step = ManualStream(), DeliveringStep()
+    released: list[int] = []
+    batches = EventBatcher(stream.events(), max_batch=3, within_s=0.01)
+    loop = asyncio.ensure_future(
+        score_stream(
+            stream,
+            step,
+            batches,
+            NoHooks(),
+            release=lambda events: released.extend(e.message.offset for e in events),
+        )
+    )
+    stream.put(*range(9))
+    await until(lambda: len(step.sent) == 2)  # 0-2 in delivery, 3-5 decided, 6-8 buffered
+    step.acks[0].set_exception(RuntimeError("broker refused"))
+    with pytest.raises(RuntimeError, match="broker refused"):
+        await asyncio.wait_for(loop, 1.0)
+    assert sorted(released) == list(range(9))
+    assert stream.acked == []

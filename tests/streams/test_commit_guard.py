@@ -185,3 +185,21 @@ async def test_a_hole_is_not_given_up_before_its_last_read_had_time_to_be_proces
     assert seeks == [10] * commit_guard.CONFIRM_REWINDS
     ack(consumer, 10, 11)  # ... and it was
     assert consumer._new_offset(TP) == 14
+
+
+async def test_a_released_message_is_done_for_faust_but_never_committed() -> None:
+    """What a failed agent held: Faust's wait for outstanding messages ends, and the
+    hole is read again instead of being committed."""
+    consumer, seeks = bare_consumer()
+    consumer._committed_offset[TP] = 10
+    held = message(10, generation=7)
+    consumer._unacked_messages.add(held)
+    assert consumer.release(held) is True
+    assert held.acked and held not in consumer._unacked_messages
+    assert consumer.release(held) is False  # once
+    assert consumer.ack(message(11, generation=7)) is True
+    assert consumer._new_offset(TP) is None  # 10 was not processed: read again
+    await rewinds_done(consumer)
+    assert seeks == [10]
+    consumer.ack(message(10, generation=7))
+    assert consumer._new_offset(TP) == 12
