@@ -1,7 +1,7 @@
 """The physical limit the engine is measured against: a Faust worker that consumes the
 transactions topic and produces each value unchanged to the decisions topic, with the
 same app settings, micro-batching and acknowledgement discipline as the real worker
-(the scoring agent's own loop, ``streams.agents.score_stream``: the next batch read and
+(the scoring agent's own loop, ``streams.scoring_loop.scoring_agent``: the next batch read and
 sent while the last one waits for the broker) but no decoding, features or scoring.
 
     FRAUDSTREAM__... python -m benchmarks.noop_worker
@@ -17,9 +17,8 @@ import faust
 
 from fraudstream.settings import load_settings
 from streams.app import create_app, declare_topics
-from streams.batching import EventBatcher
 from streams.scoring import BatchOutcome, NoHooks, RawMessage
-from streams.scoring_loop import SentBatch, releaser, score_stream, send_all
+from streams.scoring_loop import SentBatch, scoring_agent, send_all
 
 
 def build(settings: Any) -> faust.App:
@@ -34,11 +33,7 @@ def build(settings: Any) -> faust.App:
         async def send(self, messages: Sequence[RawMessage]) -> SentBatch:
             return SentBatch(BatchOutcome(), [], await send_all(topics.decisions, messages))
 
-    async def forward(stream: Any) -> None:
-        manual = stream.noack()
-        batches = EventBatcher(manual.events(), max_batch, window)
-        await score_stream(manual, Forward(), batches, NoHooks(), release=releaser(app))
-
+    forward = scoring_agent(app, Forward(), NoHooks(), max_batch=max_batch, within_s=window)
     app.agent(topics.transactions, name="noop", concurrency=1)(forward)
     return app
 

@@ -32,7 +32,6 @@ import msgspec
 from fraudstream.errors import FeatureStoreError
 from fraudstream.wire import BatchDecoder, LabelEvent, Transaction, transaction_decoder
 from streams.app import EngineTopics
-from streams.batching import EventBatcher
 from streams.dedupe import (
     TABLE_NAME,
     DedupeConfig,
@@ -53,8 +52,7 @@ from streams.scoring import (
 from streams.scoring_loop import (
     ScoringObserver,
     SentBatch,
-    releaser,
-    score_stream,
+    scoring_agent,
     send_all,
 )
 
@@ -136,11 +134,9 @@ def register_scoring_agent(
         decoder, decider, topics, table, deduplicator, observer, shadow_topic=shadow_topic
     )
 
-    async def score(stream: Any) -> None:
-        manual = stream.noack()  # acknowledged by score_stream, once delivered
-        batches = EventBatcher(manual.events(), max_batch, batch_window_s)
-        await score_stream(manual, step, batches, hooks, observer, release=releaser(app))
-
+    score = scoring_agent(
+        app, step, hooks, max_batch=max_batch, within_s=batch_window_s, observer=observer
+    )
     agent = app.agent(topics.transactions, name="score", concurrency=1)(score)
     if observer is not None:
         _register_lag_report(

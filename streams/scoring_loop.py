@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -49,16 +49,31 @@ class SentBatch:
     pending: list[Any]
 
 
-def releaser(app: faust.App) -> Callable[[Sequence[Any]], None]:
-    """``score_stream``'s ``release``: through the app's consumer
-    (:meth:`streams.commit_guard.CommitGuardConsumer.release`)."""
+def scoring_agent(
+    app: faust.App,
+    step: BatchSender,
+    hooks: StreamHooks,
+    *,
+    max_batch: int,
+    within_s: float,
+    observer: ScoringObserver | None = None,
+) -> Callable[[Any], Awaitable[None]]:
+    """The agent body Faust runs over the transactions stream: :func:`score_stream` over
+    ``stream.noack()`` (acknowledged by the loop, once delivered), batched by
+    :class:`EventBatcher`; what a failed loop held is released through the app's
+    consumer (:meth:`streams.commit_guard.CommitGuardConsumer.release`)."""
 
     def release(events: Sequence[Any]) -> None:
         consumer: Any = app.consumer  # streams.app.EngineApp's: a CommitGuardConsumer
         for event in events:
             consumer.release(event.message)
 
-    return release
+    async def agent(stream: Any) -> None:
+        manual = stream.noack()
+        batches = EventBatcher(manual.events(), max_batch, within_s)
+        await score_stream(manual, step, batches, hooks, observer, release=release)
+
+    return agent
 
 
 class BatchSender(Protocol):

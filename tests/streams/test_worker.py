@@ -25,7 +25,7 @@ from fraudstream.errors import (
 from fraudstream.metrics import EngineMetrics, PrometheusEngineHooks, PrometheusStreamHooks
 from fraudstream.wire import Transaction
 from models.decide import EnginePipeline
-from streams import agents
+from streams import scoring_loop
 from streams.batching import EventBatcher
 from streams.demo import FRAUDSTREAM_COMMAND
 from streams.scoring import NoHooks
@@ -153,7 +153,7 @@ async def test_labels_and_reconciliation_batch_with_the_background_window(
             current.append(within_s)
             super().__init__(events, max_batch, within_s)
 
-    monkeypatch.setattr(agents, "EventBatcher", RecordingBatcher)
+    monkeypatch.setattr(scoring_loop, "EventBatcher", RecordingBatcher)
     for agent in app.agents.values():
         stream = WindowRecordingStream()
         current.clear()
