@@ -29,6 +29,11 @@ topics and a consumer group of its own, against the dev stack (brought up if nee
   what Kafka and Faust alone cost at that load on this machine, the floor under the
   engine's.
 * **Scaling**: the engine's peak with 1, 2 and 4 workers (the topic has 4 partitions).
+* **Where the CPU goes**: every run's CPU time by process (the workers with their
+  children, the broker, Redis, this benchmark's own load generator and collector, the
+  rest of the machine) over the span its rate is measured on, per decision
+  (``benchmarks/cpu_meter.py``); what the workers, Kafka and Redis spend per decision
+  sets the most the machine could sustain with every core busy.
 
 The report (markdown, JSON and PNG plots: latency CDF, throughput over time) goes to
 ``--out`` (default ``benchmarks/results``).
@@ -44,13 +49,15 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
-import numpy as np
+import msgspec
 
+from benchmarks.cpu_meter import HARNESS, CpuMeter
+from benchmarks.e2e_report import Run, Seen, median_drain, plots, report, summarise, with_cpu
 from features.table import epoch_ms
 from fraudstream.devstack.testing import shared_dev_stack
 from fraudstream.settings import Settings, load_settings
@@ -64,31 +71,6 @@ SYSTEMS: dict[str, list[str]] = {
     "noop": [sys.executable, "-m", "benchmarks.noop_worker"],
     "naive": [sys.executable, "-m", "benchmarks.naive_worker"],
 }
-
-
-@dataclass
-class Run:
-    system: str
-    workers: int
-    mode: str  # "peak" or "rate"
-    target_rate: float | None
-    sent: int
-    decided: int
-    rate: float  # decisions per second over the measured span
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    per_second: list[int] = field(default_factory=list)
-    latency_sample: list[float] = field(default_factory=list)  # for the CDF plot
-    drains: list[float] = field(default_factory=list)  # every peak drain's rate, in order
-
-
-def median_drain(drains: Sequence[Run]) -> Run:
-    """The drain with the median rate (the lower middle one of an even count), carrying
-    every drain's rate, so the report shows the spread beside the median."""
-    ordered = sorted(drains, key=lambda r: r.rate)
-    middle = ordered[(len(ordered) - 1) // 2]
-    middle.drains = [r.rate for r in drains]
-    middle.decided = min(r.decided for r in drains)  # every drain must decide all sent
-    return middle
 
 
 def _env(base: dict[str, str], suffix: str, partitions: int) -> dict[str, str]:
@@ -132,9 +114,6 @@ class Workers:
 
 
 # (decision's broker timestamp, transaction's event time, decision's decided_at), ms
-Seen = list[tuple[int, int, int | None]]
-
-
 async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Seen:
     """(broker timestamp ms, event time ms) of the first decision of each transaction in
     ``wanted``, until all arrived or nothing new came for ``timeout_s``."""
@@ -149,21 +128,22 @@ async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Se
         **aiokafka_kwargs(settings.kafka),
     )
     await consumer.start()
-    out: dict[str, tuple[int, int]] = {}
+    out: dict[str, tuple[int, int, int | None]] = {}
+    decode = msgspec.json.Decoder(_Stamps).decode
     idle_since = time.monotonic()
     try:
         while len(out) < len(wanted) and time.monotonic() - idle_since < timeout_s:
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
             for records in batch.values():
                 for r in records:
-                    doc = json.loads(r.value)
-                    tx = doc["transaction_id"]
+                    doc = decode(r.value)
+                    tx = doc.transaction_id
                     if tx in wanted and tx not in out:
-                        decided = doc.get("decided_at")  # the no-op worker echoes input
+                        decided = doc.decided_at  # the no-op worker echoes its input
                         out[tx] = (
                             r.timestamp,
-                            _ms(doc["event_time"]),
-                            None if decided is None else _ms(decided),
+                            epoch_ms(doc.event_time),
+                            None if decided is None else epoch_ms(decided),
                         )
                         idle_since = time.monotonic()
     finally:
@@ -171,40 +151,17 @@ async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Se
     return list(out.values())
 
 
-def _ms(iso: str) -> int:
-    return epoch_ms(datetime.fromisoformat(iso))
+class _Stamps(msgspec.Struct):
+    """The fields of a decision the collector reads: decoding only these keeps the
+    benchmark's own process light (it shares the cores with what it measures)."""
+
+    transaction_id: str
+    event_time: datetime
+    decided_at: datetime | None = None
 
 
 def _ids(messages: Sequence[Message]) -> set[str]:
     return {json.loads(v)["transaction_id"] for _, v in messages}
-
-
-CDF_POINTS = 1_000  # latencies kept per paced run for the CDF plot (evenly by rank)
-
-
-def summarise(run: Run, seen: Seen, latency: bool) -> Run:
-    if not seen:
-        return run
-    stamps = np.array([s for s, _, _ in seen], dtype=np.int64)
-    span_s = max((stamps.max() - stamps.min()) / 1000.0, 1e-3)
-    run.decided = len(seen)
-    run.rate = len(seen) / span_s
-    seconds = (stamps - stamps.min()) // 1000
-    run.per_second = np.bincount(seconds).astype(int).tolist()
-    if latency:
-        lat = np.array([s - e for s, e, _ in seen], dtype=np.float64)
-        run.latency_ms = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)} | {
-            "max": float(lat.max())
-        }
-        to_decision = np.array([d - e for _, e, d in seen if d is not None], dtype=np.float64)
-        if len(to_decision):
-            run.latency_ms |= {
-                f"decided_p{q}": float(np.percentile(to_decision, q)) for q in (50, 99)
-            }
-        ranked = np.sort(lat)
-        keep = np.linspace(0, len(ranked) - 1, min(len(ranked), CDF_POINTS)).round().astype(int)
-        run.latency_sample = ranked[keep].tolist()
-    return run
 
 
 def measure(
@@ -217,8 +174,11 @@ def measure(
     rates: Sequence[float] = (),
     rate_messages: int = 0,
     partitions: int = 4,
+    services: Mapping[str, int] | None = None,
 ) -> list[Run]:
-    """Peak with a pre-filled topic, then each rate (absolute, decisions/s) live."""
+    """Peak with a pre-filled topic, then each rate (absolute, decisions/s) live.
+    ``services`` (role -> pid: the broker's, Redis's) are metered with the workers."""
+    services = services or {}
     suffix = f"{system}{workers}-{uuid.uuid4().hex[:6]}"
     env = _env(base_env, suffix, partitions)
     settings = load_settings(None, env)
@@ -226,22 +186,28 @@ def measure(
     topic = settings.kafka.topics.transactions
     asyncio.run(produce(settings.kafka, topic, messages))
     procs = Workers(system, workers, env, logs)
+    roles: dict[str, Callable[[], list[int]]] = {
+        "workers": lambda: [p.pid for p in procs.procs],
+        **{name: partial(list, [pid]) for name, pid in services.items()},
+        HARNESS: partial(list, [os.getpid()]),
+    }
     runs = []
     try:
-        seen = asyncio.run(_collect(settings, _ids(messages), timeout_s=120))
-        peak = Run(system, workers, "peak", None, len(messages), 0, 0.0)
-        runs.append(summarise(peak, seen, latency=False))
-        for rate in rates:
-            fresh = [(k, _renamed(v)) for k, v in messages[:rate_messages]]
+        with CpuMeter(roles, alone=[HARNESS]) as meter:
+            seen = asyncio.run(_collect(settings, _ids(messages), timeout_s=120))
+            peak = Run(system, workers, "peak", None, len(messages), 0, 0.0)
+            runs.append(with_cpu(summarise(peak, seen, latency=False), seen, meter))
+            for rate in rates:
+                fresh = [(k, _renamed(v)) for k, v in messages[:rate_messages]]
 
-            async def live(rate: float = rate, fresh: list[Message] = fresh) -> Seen:
-                collector = asyncio.create_task(_collect(settings, _ids(fresh), timeout_s=30))
-                await produce(settings.kafka, topic, fresh, rate=rate, live=True)
-                return await collector
+                async def live(rate: float = rate, fresh: list[Message] = fresh) -> Seen:
+                    collector = asyncio.create_task(_collect(settings, _ids(fresh), timeout_s=30))
+                    await produce(settings.kafka, topic, fresh, rate=rate, live=True)
+                    return await collector
 
-            got = asyncio.run(live())
-            paced = Run(system, workers, "rate", rate, len(fresh), 0, 0.0)
-            runs.append(summarise(paced, got, latency=True))
+                got = asyncio.run(live())
+                paced = Run(system, workers, "rate", rate, len(fresh), 0, 0.0)
+                runs.append(with_cpu(summarise(paced, got, latency=True), got, meter))
     finally:
         procs.stop()
     return runs
@@ -274,102 +240,6 @@ def _ensure_engine(settings: Settings) -> None:
     ensure_engine(settings, demo_simulation(7), 7, Console(stderr=True))
 
 
-def _plots(runs: list[Run], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    written = []
-    fig = Figure(figsize=(7, 4))
-    ax = fig.add_subplot()
-    for run in runs:
-        if run.mode == "peak" and run.per_second:
-            ax.plot(run.per_second, label=f"{run.system} x{run.workers}")
-    ax.set_xlabel("second of the drain")
-    ax.set_ylabel("decisions per second")
-    ax.legend()
-    fig.savefig(out / "e2e_throughput.png", dpi=100)
-    written.append("e2e_throughput.png")
-
-    fig = Figure(figsize=(7, 4))
-    ax = fig.add_subplot()
-    for run in runs:
-        if run.latency_sample:
-            ys = np.linspace(0, 1, len(run.latency_sample))
-            rate = run.target_rate or 0.0
-            ax.plot(run.latency_sample, ys, label=f"{run.system} x{run.workers} @ {rate:,.0f}/s")
-    ax.set_xscale("log")
-    ax.set_xlabel("event time → decision produced (ms)")
-    ax.set_ylabel("share of decisions")
-    ax.legend()
-    fig.savefig(out / "e2e_latency_cdf.png", dpi=100)
-    written.append("e2e_latency_cdf.png")
-    return written
-
-
-def latency_beside_the_limit(runs: Sequence[Run]) -> list[str]:
-    """One line per rate at which both the engine and the no-op worker were paced."""
-    paced = {(r.system, r.target_rate): r.latency_ms for r in runs if r.mode == "rate"}
-    lines = []
-    for (system, rate), engine in paced.items():
-        noop = paced.get(("noop", rate))
-        if system != "engine" or rate is None or not noop or not engine:
-            continue
-        lines.append(
-            f"- {rate:,.0f}/s: engine p50 / p99 {engine['p50']:.0f} / {engine['p99']:.0f} ms,"
-            f" no-op {noop['p50']:.0f} / {noop['p99']:.0f} ms"
-        )
-    return lines
-
-
-def report(runs: list[Run], setup: str, out: Path) -> str:
-    peak = {(r.system, r.workers): r.rate for r in runs if r.mode == "peak"}
-    engine1 = peak.get(("engine", 1), 0.0)
-    lines = [
-        "# End to end: engine, no-op limit, naive design",
-        "",
-        setup,
-        "",
-        "| system | workers | mode | target/s | sent | decided | decisions/s "
-        "| drains (min–max) | p50 ms | p95 ms | p99 ms | of which to decided_at p50 / p99 ms |",
-        "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
-    ]
-    for r in runs:
-        lat = r.latency_ms
-        spread = (
-            f"{len(r.drains)}: {min(r.drains):,.0f}–{max(r.drains):,.0f}"
-            if len(r.drains) > 1
-            else ""
-        )
-        lines.append(
-            f"| {r.system} | {r.workers} | {r.mode} | "
-            f"{'' if r.target_rate is None else f'{r.target_rate:,.0f}'} | {r.sent:,} | "
-            f"{r.decided:,} | {r.rate:,.0f} | {spread} | "
-            + " | ".join(f"{lat[k]:.1f}" if k in lat else "" for k in ("p50", "p95", "p99"))
-            + " | "
-            + (
-                f"{lat['decided_p50']:.1f} / {lat['decided_p99']:.1f}"
-                if "decided_p50" in lat
-                else ""
-            )
-            + " |"
-        )
-    floor = latency_beside_the_limit(runs)
-    if floor:
-        lines += ["", "Latency beside the no-op limit, paced at the same rates:", "", *floor]
-    if engine1:
-        lines += ["", "Ratios at one worker (median peak decisions per second):", ""]
-        for other in ("noop", "naive"):
-            if peak.get((other, 1)):
-                lines.append(f"- engine / {other}: {engine1 / peak[(other, 1)]:.2f}")
-    lines += ["", "![throughput](e2e_throughput.png)", "", "![latency](e2e_latency_cdf.png)", ""]
-    text = "\n".join(lines)
-    (out / "end_to_end.md").write_text(text)
-    (out / "end_to_end.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
-    return text
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -395,6 +265,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     with shared_dev_stack(settings.devstack) as stack:
         base_env["FRAUDSTREAM__KAFKA__BOOTSTRAP_SERVERS"] = json.dumps(stack.bootstrap_servers)
         base_env["FRAUDSTREAM__REDIS__URL"] = stack.redis_url
+        services = {
+            name: pid
+            for name, pid in (("kafka", stack.kafka_pid), ("redis", stack.redis_pid))
+            if pid is not None
+        }
         fractions = [float(f) for f in args.fractions.split(",") if f]
         systems = [s for s in args.systems.split(",") if s]
         drains: dict[str, list[Run]] = {s: [] for s in systems}
@@ -403,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if system == "naive" and round_ > 0:
                     continue
                 replay = messages[: args.naive_transactions] if system == "naive" else messages
-                drains[system] += measure(system, 1, replay, base_env, logs)
+                drains[system] += measure(system, 1, replay, base_env, logs, services=services)
                 print(f"{system}: drain at {drains[system][-1].rate:,.0f}/s", flush=True)
         paced: list[Run] = []
         engine_peak = median_drain(drains["engine"]).rate if "engine" in drains else 0.0
@@ -412,7 +287,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             for system in [s for s in ("engine", "noop") if s in systems]:
                 # The paced runs' workers drain the filled topic first: one more drain.
                 first, *more = measure(
-                    system, 1, messages, base_env, logs, rates=rates, rate_messages=rate_n
+                    system,
+                    1,
+                    messages,
+                    base_env,
+                    logs,
+                    rates=rates,
+                    rate_messages=rate_n,
+                    services=services,
                 )
                 drains[system].append(first)
                 paced += more
@@ -422,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs += paced
         if "engine" in args.systems:
             for workers in [int(w) for w in args.workers.split(",") if int(w) > 1]:
-                runs += measure("engine", workers, messages, base_env, logs)
+                runs += measure("engine", workers, messages, base_env, logs, services=services)
     setup = (
         f"Machine: {os.cpu_count()} CPUs ({platform.machine()}), {platform.python_version()}; "
         f"Kafka (KRaft, one broker) and Redis on the same machine; {n:,} simulated "
@@ -430,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{min(n, args.naive_transactions):,}), {rate_n:,} per paced run; topics with 4 "
         "partitions; the one-worker drains are repeated and the median shown."
     )
-    _plots(runs, args.out)
-    print(report(runs, setup, args.out))
+    plots(runs, args.out)
+    print(report(runs, setup, args.out, os.cpu_count() or 1))
 
 
 if __name__ == "__main__":

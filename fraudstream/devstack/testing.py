@@ -38,6 +38,8 @@ class TestStack:
     redis_url: str
     external: bool = False  # named by FRAUDSTREAM_TEST_KAFKA / FRAUDSTREAM_TEST_REDIS_URL
     started_here: bool = False  # this session brought the dev stack up
+    kafka_pid: int | None = None  # the dev stack's processes (None: external)
+    redis_pid: int | None = None
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -55,7 +57,13 @@ def shared_dev_stack(settings: DevstackSettings) -> Iterator[TestStack]:
         fcntl.flock(fd, fcntl.LOCK_SH)
         stack = DevStack(settings)
         info = stack.up()
-        yield TestStack(info.kafka_bootstrap, info.redis_url, started_here=not info.already_running)
+        yield TestStack(
+            info.kafka_bootstrap,
+            info.redis_url,
+            started_here=not info.already_running,
+            kafka_pid=info.kafka_pid,
+            redis_pid=info.redis_pid,
+        )
         if info.already_running:
             return
         fcntl.flock(fd, fcntl.LOCK_UN)

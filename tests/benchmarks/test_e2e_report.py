@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.bench_end_to_end import CDF_POINTS, Run, _plots, median_drain, report, summarise
+from benchmarks.e2e_report import CDF_POINTS, Run, median_drain, plots, report, summarise
 
 
 def drain(rate: float, decided: int = 1000, system: str = "engine") -> Run:
@@ -47,7 +47,7 @@ def test_a_paced_run_keeps_its_latencies_for_the_cdf_plot(tmp_path: Path) -> Non
     assert (sample[0], sample[-1]) == (0.0, 8997.0)  # the extremes are kept
     peak = summarise(Run("engine", 1, "peak", None, 3000, 0, 0.0), seen, latency=False)
     assert peak.latency_sample == [] and peak.latency_ms == {}
-    _plots([peak, run], tmp_path)
+    plots([peak, run], tmp_path)
     assert (tmp_path / "e2e_latency_cdf.png").stat().st_size > 0
     lat = run.latency_ms
     row = f"| 4498.5 | {lat['p95']:.1f} | {lat['p99']:.1f} | 1499.5 / {lat['decided_p99']:.1f} |"
@@ -73,3 +73,21 @@ def test_paced_latency_is_set_beside_the_no_op_limit_at_the_same_rate(tmp_path: 
     text = report(runs, "setup", tmp_path)
     assert "- 810/s: engine p50 / p99 55 / 599 ms, no-op 13 / 35 ms" in text
     assert "1,134/s: engine" not in text
+
+
+def test_the_cpu_table_gives_each_runs_cost_per_decision_and_the_ceiling(tmp_path: Path) -> None:
+    engine = Run("engine", 1, "peak", None, 1000, 1000, 2000.0)
+    engine.cpu_us = {
+        "workers": 300.0,
+        "kafka": 100.0,
+        "redis": 100.0,
+        "load generator + collector": 50.0,
+        "rest of machine": 10.0,
+    }
+    engine.cpu_busy = 0.56
+    unmetered = Run("noop", 1, "peak", None, 1000, 1000, 4000.0)  # e.g. an external stack
+    text = report([engine, unmetered], "setup", tmp_path, cores=2)
+    # 2 cores / (300 + 100 + 100 µs): the harness's own 50 µs is not a deployment's cost
+    assert "| engine x1 peak | 2,000 | 300 | 100 | 100 | 50 | 10 | 56% | 4,000 |" in text
+    assert "noop x1 peak" not in text
+    assert "Where the CPU goes" not in report([unmetered], "setup", tmp_path, cores=2)
