@@ -50,10 +50,12 @@ from streams.scoring import (
     record_decisions,
 )
 from streams.scoring_loop import (
+    Record,
     ScoringObserver,
     SentBatch,
     scoring_agent,
     send_all,
+    send_records,
 )
 
 log = logging.getLogger(__name__)
@@ -194,7 +196,8 @@ class ScoringStep:
         changelog, first: a crash after that but before the decisions are acknowledged
         re-emits the remembered decision on redelivery, it never decides again.
 
-        The changelog records go straight to the Kafka producer, encoded as the table's
+        The changelog records go straight to the Kafka client (record batches:
+        :func:`streams.scoring_loop.send_records`), encoded as the table's
         JSON schema encodes them (recovery reads them back through it): Faust's
         ``send_changelog`` queues each one in a 100-message buffer that throttled the
         whole agent. msgspec writes the same bytes as Faust's JSON codec for these
@@ -204,9 +207,7 @@ class ScoringStep:
         value, not JSON ``null``)."""
         store = table.data
         plan = dedupe.remember(split, outcome.decisions, round(self.clock() * 1000), store)
-        producer = table.app.producer
-        name = table.changelog_topic.get_topic_name()
-        changelog = []
+        changelog: list[Record] = []
         for write in plan.writes:
             key = msgspec.json.encode(write.key)
             if write.value is None:
@@ -215,10 +216,12 @@ class ScoringStep:
             else:
                 store[write.key] = write.value
                 value = msgspec.json.encode(write.value)
-            changelog.append(await producer.send(name, key, value, write.partition, None, None))
+            changelog.append((key, value, write.partition))
+        name = table.changelog_topic.get_topic_name()
+        pending = await send_records(table.app.producer, name, changelog)
         if self.observer is not None:
             self.observer.deduplicated(plan.hits, dedupe.remembered())
-        return changelog, plan.reemits
+        return pending, plan.reemits
 
 
 def _register_lag_report(

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from fraudstream.metrics import EngineMetrics, PrometheusStreamHooks
 from streams.agents import partition_lags
 from streams.batching import EventBatcher
 from streams.scoring import BatchOutcome, NoHooks, RawMessage, StreamHooks
-from streams.scoring_loop import ScoringObserver, SentBatch, score_stream
+from streams.scoring_loop import ScoringObserver, SentBatch, score_stream, send_records
+from tests.streams.kafka_twin import FakeProducer
 
 HIGH = {("tx", 0): 100, ("tx", 1): 7, ("labels", 0): 3, ("tx-changelog", 0): 50}
 
@@ -156,7 +158,7 @@ async def test_a_delivery_the_broker_holds_back_is_reported_until_it_completes(
     stream.put(0, 1, 2)
     await until(lambda: len(step.sent) == 1)
     await until(lambda: len(caplog.records) >= 2)  # again while it still waits
-    assert "1 of 1 outputs of a batch not acknowledged" in caplog.records[0].getMessage()
+    assert "1 of 1 record batches of outputs not acknowledged" in caplog.records[0].getMessage()
     assert stream.acked == []
     step.acks[0].set_result(None)
     await until(lambda: stream.acked == [0, 1, 2])
@@ -189,3 +191,39 @@ async def test_a_failed_loop_releases_everything_it_held_and_acknowledges_none()
         await asyncio.wait_for(loop, 1.0)
     assert sorted(released) == list(range(9))
     assert stream.acked == []
+
+
+# --- producing: one record batch per partition ----------------------------------------
+
+
+async def test_records_go_out_as_one_batch_per_partition_in_order() -> None:
+    sent: list[tuple[int, bytes | None, bytes | None]] = []
+    producer = FakeProducer(lambda topic, p, key, value: sent.append((p, key, value)))
+    producer.kafka.capacity = 100
+    keyed = [(f"card-{i % 7}".encode(), f"v{i}".encode(), None) for i in range(40)]
+    placed = [(b"t1", b"x", 2), (b"t2", None, 2)]  # a changelog entry and a tombstone
+    acks = await send_records(producer, "decisions", [*keyed, *placed])
+    # The partition the producer's own partitioner gives each key, as send() would.
+    choose = DefaultPartitioner()
+    want = {(choose(k, [0, 1, 2, 3], [0, 1, 2, 3]), k, v) for k, v, _ in keyed}
+    assert set(sent) == want | {(2, b"t1", b"x"), (2, b"t2", None)}
+    partitions = [p for _, p, _ in producer.kafka.batches]
+    assert len(partitions) == len(set(partitions)) == len(acks)  # one batch each
+    for partition in set(partitions):  # order kept within each partition
+        mine = [(k, v) for p, k, v in sorted(want, key=lambda r: int(r[2][1:])) if p == partition]
+        if partition == 2:
+            mine += [(b"t1", b"x"), (b"t2", None)]
+        assert [(k, v) for p, k, v in sent if p == partition] == mine
+
+
+async def test_a_full_batch_is_sent_and_the_rest_goes_in_the_next() -> None:
+    sent: list[bytes | None] = []
+    producer = FakeProducer(lambda topic, p, key, value: sent.append(value))
+    producer.kafka.capacity = 3
+    records = [(b"k", str(i).encode(), 1) for i in range(8)]
+    acks = await send_records(producer, "decided-log", records)
+    assert sent == [str(i).encode() for i in range(8)]  # each once, in order
+    assert [size for _, _, size in producer.kafka.batches] == [3, 3, 2]
+    assert len(acks) == 3
+    assert await send_records(producer, "decided-log", []) == []
+    assert len(producer.kafka.batches) == 3  # nothing sent for nothing

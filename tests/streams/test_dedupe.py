@@ -40,6 +40,7 @@ from tests.streams.harness import (
     produce,
     transaction,
 )
+from tests.streams.kafka_twin import FakeProducer
 
 NOW = datetime(2025, 3, 1, 12, 0, 5, tzinfo=UTC)
 DECODER = transaction_decoder(4096)
@@ -217,48 +218,31 @@ def test_entries_are_plain_json_and_round_trip() -> None:
 # --- the agent's step, on fakes of the Faust table and topics -----------------------------
 
 
-def _done(value: Any = None) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_result(value)
-    return future
-
-
-class FakeProducer:
-    """The Kafka producer under a Faust app: ``send`` queues, the future acknowledges."""
-
-    def __init__(self, log: list[tuple[str, Any]]) -> None:
-        self.log = log
-
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, *_: Any
-    ) -> asyncio.Future[Any]:
-        self.log.append((topic, (key, value)))
-        return _done()
-
-
 class FakeTopic:
     def __init__(self, log: list[tuple[str, Any]], name: str) -> None:
         self.name = name
-        self.app = type("FakeApp", (), {"producer": FakeProducer(log)})()
+
+        def sent(topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+            log.append((topic, (key, value)))
+
+        self.app = type("FakeApp", (), {"producer": FakeProducer(sent)})()
 
     def get_topic_name(self) -> str:
         return self.name
 
 
-class ChangelogProducer:
+class ChangelogProducer(FakeProducer):
     """The producer as the table's changelog writes reach it (JSON bytes, or None)."""
 
     def __init__(self, log: list[tuple[str, Any]]) -> None:
-        self.log = log
         self.raw: list[tuple[bytes, bytes | None]] = []
 
-    async def send(
-        self, topic: str, key: bytes, value: bytes | None, partition: int, *_: Any
-    ) -> asyncio.Future[Any]:
-        self.raw.append((key, value))
-        decoded = None if value is None else json.loads(value)
-        self.log.append(("changelog", (partition, json.loads(key), decoded, value is None)))
-        return _done()
+        def sent(topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+            self.raw.append((key, value))
+            decoded = None if value is None else json.loads(value)
+            log.append(("changelog", (partition, json.loads(key), decoded, value is None)))
+
+        super().__init__(sent)
 
 
 class FakeTable:
