@@ -50,7 +50,7 @@ from streams.scoring import (
     record_decisions,
 )
 from streams.scoring_loop import (
-    Record,
+    KafkaRecord,
     ScoringObserver,
     SentBatch,
     scoring_agent,
@@ -207,7 +207,7 @@ class ScoringStep:
         value, not JSON ``null``)."""
         store = table.data
         plan = dedupe.remember(split, outcome.decisions, round(self.clock() * 1000), store)
-        changelog: list[Record] = []
+        changelog: list[KafkaRecord] = []
         for write in plan.writes:
             key = msgspec.json.encode(write.key)
             if write.value is None:

@@ -174,7 +174,7 @@ async def acknowledged(pending: Sequence[Any], warn_every_s: float) -> None:
 
 # A record for :func:`send_records`: key, value (None: a tombstone), partition (None:
 # the producer's partitioner chooses by key, as ``Producer.send`` would).
-Record = tuple[bytes | None, bytes | None, int | None]
+KafkaRecord = tuple[bytes | None, bytes | None, int | None]
 
 
 async def send_all(topic: Any, outgoing: Sequence[Any]) -> list[Any]:
@@ -185,7 +185,7 @@ async def send_all(topic: Any, outgoing: Sequence[Any]) -> list[Any]:
     return await send_records(topic.app.producer, topic.get_topic_name(), records)
 
 
-async def send_records(producer: Any, topic: str, records: Sequence[Record]) -> list[Any]:
+async def send_records(producer: Any, topic: str, records: Sequence[KafkaRecord]) -> list[Any]:
     """Hand ``records`` to the Kafka client under Faust's ``producer`` as record batches
     built here, one per partition (more when one fills ``producer_max_batch_size``), in
     order within each partition; the acknowledgement future of each batch comes back.
@@ -200,7 +200,7 @@ async def send_records(producer: Any, topic: str, records: Sequence[Record]) -> 
     kafka = producer._ensure_producer()  # Faust's aiokafka producer (started with Faust)
     partitions = sorted(await kafka.partitions_for(topic))
     choose = producer.partitioner  # what Faust gave aiokafka: the same choice as send()
-    by_partition: dict[int, list[Record]] = {}
+    by_partition: dict[int, list[KafkaRecord]] = {}
     for record in records:
         key, _, partition = record
         if partition is None:
