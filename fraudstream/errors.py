@@ -102,6 +102,23 @@ class FeatureStoreTimeout(FeatureStoreError):
         super().__init__(f"feature store did not answer within {timeout_ms:g} ms")
 
 
+# --- streaming -----------------------------------------------------------------------
+
+
+class OutputRejected(FraudstreamError):
+    """The Kafka client refused an output even as the first record of an empty batch:
+    it is never dropped in silence; the scoring loop fails and its inputs are read
+    again."""
+
+    def __init__(self, topic: str, partition: int, size: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.size = size
+        super().__init__(
+            f"a record of {size} bytes for {topic}[{partition}] does not fit an empty batch"
+        )
+
+
 # --- scoring -------------------------------------------------------------------------
 
 

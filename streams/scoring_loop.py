@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import faust
 
+from fraudstream.errors import OutputRejected
 from fraudstream.wire import Decision
 from streams.batching import EventBatcher
 from streams.scoring import BatchOutcome, RawMessage, StreamHooks, raw_messages
@@ -208,11 +209,13 @@ async def send_records(producer: Any, topic: str, records: Sequence[KafkaRecord]
         by_partition.setdefault(partition, []).append(record)
     acks = []
     for partition, part in by_partition.items():
-        batch = kafka.create_batch()
+        batch, held = kafka.create_batch(), 0
         for key, value, _ in part:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            while batch.append(key=key, value=value, timestamp=None) is None:  # full
+                if held == 0:  # aiokafka takes any first record; never drop one quietly
+                    raise OutputRejected(topic, partition, len(key or b"") + len(value or b""))
                 acks.append(await kafka.send_batch(batch, topic, partition=partition))
-                batch = kafka.create_batch()
-                batch.append(key=key, value=value, timestamp=None)  # a first one always fits
+                batch, held = kafka.create_batch(), 0
+            held += 1
         acks.append(await kafka.send_batch(batch, topic, partition=partition))
     return acks

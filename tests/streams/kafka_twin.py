@@ -26,7 +26,7 @@ class FakeBatch:
         self.closed = False
 
     def append(self, *, key: bytes | None, value: bytes | None, timestamp: None) -> Any:
-        if self.closed or (self.records and len(self.records) >= self.capacity):
+        if self.closed or len(self.records) >= self.capacity:
             self.closed = True
             return None
         self.records.append((key, value))

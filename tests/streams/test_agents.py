@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from fraudstream.errors import OutputRejected
 from fraudstream.metrics import EngineMetrics, PrometheusStreamHooks
 from streams.agents import partition_lags
 from streams.batching import EventBatcher
@@ -227,3 +228,12 @@ async def test_a_full_batch_is_sent_and_the_rest_goes_in_the_next() -> None:
     assert len(acks) == 3
     assert await send_records(producer, "decided-log", []) == []
     assert len(producer.kafka.batches) == 3  # nothing sent for nothing
+
+
+async def test_a_record_no_empty_batch_takes_fails_the_batch_rather_than_vanish() -> None:
+    producer = FakeProducer(lambda *record: None)
+    producer.kafka.capacity = 0  # even an empty batch refuses it (aiokafka takes any first)
+    with pytest.raises(OutputRejected) as caught:
+        await send_records(producer, "decisions", [(b"k", b"12345", 3)])
+    assert (caught.value.topic, caught.value.partition, caught.value.size) == ("decisions", 3, 6)
+    assert producer.kafka.batches == []
