@@ -58,6 +58,11 @@ class KafkaSettings(_Section):
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=7)
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # The largest record batch the worker produces to one partition: a scoring batch's
+    # outputs for a partition go in one when they fit. Faust's default (16 KiB, ~16
+    # decisions) cost a wait for the previous batch to go out every 16 outputs. Keep
+    # it within the broker's message.max.bytes (1 MiB by default).
+    producer_batch_bytes: int = Field(default=1_000_000, ge=16 * 1024, le=64 * 1024 * 1024)
     # Passed straight through to aiokafka / Faust. PLAINTEXT for the dev stack; use
     # SASL_SSL with SCRAM in production.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

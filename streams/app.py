@@ -45,6 +45,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=kafka.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_batch_size=kafka.producer_batch_bytes,
         # A worker that dies is replaced after this long, not Faust's default minute:
         # its partitions (and their decisions) wait for the session to expire.
         broker_session_timeout=10.0,

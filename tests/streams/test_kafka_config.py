@@ -62,3 +62,19 @@ def test_incomplete_sasl_is_refused_at_start(missing: str) -> None:
     env = {k: v for k, v in SCRAM_ENV.items() if k != missing}
     with pytest.raises(ConfigError):
         load_settings(None, env)
+
+
+def test_the_worker_produces_record_batches_of_the_configured_size() -> None:
+    from streams.app import create_app
+
+    default = load_settings(None, {})
+    assert create_app(default).conf.producer_max_batch_size == 1_000_000
+    smaller = load_settings(None, {"FRAUDSTREAM__KAFKA__PRODUCER_BATCH_BYTES": "65536"})
+    assert create_app(smaller).conf.producer_max_batch_size == 65536
+
+
+def test_a_record_batch_smaller_than_16_kib_is_refused_naming_the_key() -> None:
+    from fraudstream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="producer_batch_bytes"):
+        load_settings(None, {"FRAUDSTREAM__KAFKA__PRODUCER_BATCH_BYTES": "1000"})
