@@ -20,6 +20,9 @@ import psutil
 
 HARNESS = "load generator + collector"
 REST = "rest of machine"
+# CPU the hypervisor gave other machines while this one wanted it: not work done here,
+# but a run that lost much of it ran slower than the machine can.
+STOLEN = "stolen by the hypervisor"
 # The roles that a deployment runs too: the benchmark's own load generator and
 # collector are left out of the ceiling.
 SERVING = ("workers", "kafka", "redis")
@@ -30,11 +33,13 @@ class CpuSample:
     at: float  # wall clock, seconds (the broker's timestamps are wall clock too)
     by_role: dict[str, float]  # CPU seconds used so far by each role's processes
     machine_busy: float  # CPU seconds the whole machine was busy so far
+    stolen: float = 0.0  # CPU seconds the hypervisor withheld so far (Linux "steal")
 
 
 @dataclass(frozen=True)
 class CpuSpan:
-    """CPU seconds by role (plus :data:`REST`) over ``wall_s`` on ``cores`` cores."""
+    """CPU seconds by role (plus :data:`REST` and :data:`STOLEN`) over ``wall_s`` on
+    ``cores`` cores."""
 
     seconds: dict[str, float]
     wall_s: float
@@ -46,7 +51,8 @@ class CpuSpan:
     @property
     def busy_share(self) -> float:
         """Share of the machine's cores busy over the span."""
-        return sum(self.seconds.values()) / max(self.wall_s * self.cores, 1e-9)
+        used = sum(s for role, s in self.seconds.items() if role != STOLEN)
+        return used / max(self.wall_s * self.cores, 1e-9)
 
 
 def process_seconds(pids: Iterable[int], seen: dict[int, float], children: bool = True) -> float:
@@ -67,9 +73,16 @@ def process_seconds(pids: Iterable[int], seen: dict[int, float], children: bool 
     return sum(seen.values())
 
 
-def machine_busy_seconds() -> float:
+def machine_seconds() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine so far. Busy is what ran here:
+    user (guest time is inside it), nice, system and interrupts."""
     times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+    busy = (
+        times.user
+        + times.system
+        + sum(getattr(times, name, 0.0) for name in ("nice", "irq", "softirq"))
+    )
+    return float(busy), float(getattr(times, "steal", 0.0))
 
 
 class CpuMeter:
@@ -112,7 +125,8 @@ class CpuMeter:
                 role: process_seconds(list(pids()), self._seen[role], role not in self._alone)
                 for role, pids in self._roles.items()
             }
-            self.samples.append(CpuSample(self._clock(), by_role, machine_busy_seconds()))
+            busy, stolen = machine_seconds()
+            self.samples.append(CpuSample(self._clock(), by_role, busy, stolen))
 
     def _run(self) -> None:
         while not self._stop.wait(self._every_s):
@@ -132,6 +146,7 @@ class CpuMeter:
         a, b = before[-1], after[0]
         seconds = {role: b.by_role[role] - a.by_role[role] for role in self._roles}
         seconds[REST] = max(0.0, (b.machine_busy - a.machine_busy) - sum(seconds.values()))
+        seconds[STOLEN] = b.stolen - a.stolen
         return CpuSpan(seconds, b.at - a.at, psutil.cpu_count() or 1)
 
 
@@ -147,7 +162,7 @@ def cpu_table(
 ) -> list[str]:
     """Markdown rows, one per (run label, decisions/s, µs of CPU per decision by role,
     machine busy share), with the ceiling the serving roles' cost implies."""
-    roles = [*SERVING, HARNESS, REST]
+    roles = [*SERVING, HARNESS, REST, STOLEN]
     lines = [
         "| run | decisions/s | "
         + " | ".join(f"{role} µs" for role in roles)

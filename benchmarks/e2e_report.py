@@ -184,7 +184,9 @@ def report(runs: list[Run], setup: str, out: Path, cores: int = 1) -> str:
             "Where the CPU goes: µs of CPU per decision by process, from the first to the "
             "last decision of each run (the load generator and collector are this "
             "benchmark's own process; the ceiling counts only the workers, Kafka and "
-            f"Redis, as if they had all {cores} cores to themselves):",
+            f"Redis, as if they had all {cores} cores to themselves; what the hypervisor "
+            "withheld from this virtual machine is shown apart: a run that lost much ran "
+            "slower than the machine can):",
             "",
             *cpu,
         ]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from benchmarks.cpu_meter import REST, CpuMeter, ceiling_per_s
+from benchmarks.cpu_meter import REST, STOLEN, CpuMeter, CpuSpan, ceiling_per_s
 
 BURN = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass\n"
 # A parent that sleeps while its child burns, then waits for it.
@@ -50,7 +50,7 @@ def test_a_busy_role_is_charged_its_cpu_and_an_idle_one_none(
     # A spinning process uses about one core; the shared machine may slow it down.
     assert 0.25 * span.wall_s < span.seconds["busy"] <= 1.05 * span.wall_s + 0.05
     assert span.seconds["idle"] < 0.05
-    assert span.seconds[REST] >= 0.0
+    assert span.seconds[REST] >= 0.0 and span.seconds[STOLEN] >= 0.0
     assert 0.0 < span.busy_share <= 1.0
     per = span.per_decision_us(1000)
     assert per["busy"] == pytest.approx(span.seconds["busy"] * 1000.0)
@@ -105,3 +105,9 @@ def test_the_ceiling_counts_only_what_a_deployment_runs() -> None:
     per = {"workers": 250.0, "kafka": 150.0, "redis": 100.0, "load generator + collector": 500.0}
     assert ceiling_per_s(per, cores=2) == pytest.approx(4000.0)
     assert ceiling_per_s({}, cores=2) == 0.0
+
+
+def test_time_the_hypervisor_withheld_is_shown_but_not_counted_as_busy() -> None:
+    span = CpuSpan({"workers": 1.0, REST: 0.2, STOLEN: 0.6}, wall_s=1.0, cores=2)
+    assert span.busy_share == pytest.approx(0.6)  # (1.0 + 0.2) of 2 core-seconds
+    assert span.per_decision_us(1000)[STOLEN] == pytest.approx(600.0)

@@ -83,11 +83,12 @@ def test_the_cpu_table_gives_each_runs_cost_per_decision_and_the_ceiling(tmp_pat
         "redis": 100.0,
         "load generator + collector": 50.0,
         "rest of machine": 10.0,
+        "stolen by the hypervisor": 40.0,
     }
     engine.cpu_busy = 0.56
     unmetered = Run("noop", 1, "peak", None, 1000, 1000, 4000.0)  # e.g. an external stack
     text = report([engine, unmetered], "setup", tmp_path, cores=2)
     # 2 cores / (300 + 100 + 100 µs): the harness's own 50 µs is not a deployment's cost
-    assert "| engine x1 peak | 2,000 | 300 | 100 | 100 | 50 | 10 | 56% | 4,000 |" in text
+    assert "| engine x1 peak | 2,000 | 300 | 100 | 100 | 50 | 10 | 40 | 56% | 4,000 |" in text
     assert "noop x1 peak" not in text
     assert "Where the CPU goes" not in report([unmetered], "setup", tmp_path, cores=2)
