@@ -113,7 +113,6 @@ class Workers:
                 proc.kill()
 
 
-# (decision's broker timestamp, transaction's event time, decision's decided_at), ms
 async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Seen:
     """(broker timestamp ms, event time ms) of the first decision of each transaction in
     ``wanted``, until all arrived or nothing new came for ``timeout_s``."""

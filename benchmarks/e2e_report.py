@@ -41,6 +41,7 @@ def median_drain(drains: Sequence[Run]) -> Run:
     return middle
 
 
+# (decision's broker timestamp, transaction's event time, decision's decided_at), ms
 Seen = list[tuple[int, int, int | None]]
 
 

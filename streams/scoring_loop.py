@@ -43,7 +43,8 @@ class ScoringObserver(Protocol):
 @dataclass
 class SentBatch:
     """A batch handed to the producer: what it decided, and the broker
-    acknowledgements (futures) still to come for its outputs."""
+    acknowledgements (futures, one per record batch: :func:`send_records`) still to
+    come for its outputs."""
 
     outcome: BatchOutcome
     decisions: list[Decision]
