@@ -13,6 +13,7 @@ import argparse
 import gc
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fraudstream.simulator import SimulatorConfig, generate, to_json_lines, to_transactions
@@ -48,13 +49,13 @@ def main() -> None:
 
     for label, frame in (("100k rows", tx.iloc[:100_000]), (f"{n:,} rows", tx)):
         rows = len(frame)
-        seconds, lines = best_of(args.repeat, lambda f=frame: to_json_lines(f))
+        seconds, lines = best_of(args.repeat, partial(to_json_lines, frame))
         size = sum(map(len, lines)) / rows
         print(
             f"to_json_lines ({label}): {seconds:.2f} s -> {rows / seconds:,.0f} rows/s, "
             f"{size:.0f} bytes/row"
         )
-        seconds, _ = best_of(args.repeat, lambda f=frame: to_transactions(f))
+        seconds, _ = best_of(args.repeat, partial(to_transactions, frame))
         print(f"to_transactions ({label}): {seconds:.2f} s -> {rows / seconds:,.0f} rows/s")
 
     lines = to_json_lines(tx.iloc[:100_000])

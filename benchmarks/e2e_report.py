@@ -120,17 +120,30 @@ def plots(runs: list[Run], out: Path) -> list[str]:
     return written
 
 
+# A paced run that decided less than this share of its target rate fell behind: its
+# queue grew for the whole run, so its latency says how long the run was, not what a
+# steady load costs.
+SUSTAINED = 0.97
+
+
+def sustained(run: Run) -> bool:
+    return run.target_rate is None or run.rate >= SUSTAINED * run.target_rate
+
+
 def latency_beside_the_limit(runs: Sequence[Run]) -> list[str]:
     """One line per rate at which both the engine and the no-op worker were paced."""
-    paced = {(r.system, r.target_rate): r.latency_ms for r in runs if r.mode == "rate"}
+    paced = {(r.system, r.target_rate): r for r in runs if r.mode == "rate"}
     lines = []
-    for (system, rate), engine in paced.items():
+    for (system, rate), run in paced.items():
         noop = paced.get(("noop", rate))
-        if system != "engine" or rate is None or not noop or not engine:
+        engine = run.latency_ms
+        if system != "engine" or rate is None or noop is None or not noop.latency_ms or not engine:
             continue
+        behind = "" if sustained(run) else f" (not sustained: {run.rate:,.0f}/s decided)"
         lines.append(
-            f"- {rate:,.0f}/s: engine p50 / p99 {engine['p50']:.0f} / {engine['p99']:.0f} ms,"
-            f" no-op {noop['p50']:.0f} / {noop['p99']:.0f} ms"
+            f"- {rate:,.0f}/s: engine p50 / p99 {engine['p50']:.0f} / {engine['p99']:.0f} ms"
+            f"{behind}, no-op {noop.latency_ms['p50']:.0f} / {noop.latency_ms['p99']:.0f} ms"
+            + ("" if sustained(noop) else f" (not sustained: {noop.rate:,.0f}/s)")
         )
     return lines
 
@@ -154,8 +167,9 @@ def report(runs: list[Run], setup: str, out: Path, cores: int = 1) -> str:
             if len(r.drains) > 1
             else ""
         )
+        mode = r.mode if sustained(r) else f"{r.mode}, not sustained"
         lines.append(
-            f"| {r.system} | {r.workers} | {r.mode} | "
+            f"| {r.system} | {r.workers} | {mode} | "
             f"{'' if r.target_rate is None else f'{r.target_rate:,.0f}'} | {r.sent:,} | "
             f"{r.decided:,} | {r.rate:,.0f} | {spread} | "
             + " | ".join(f"{lat[k]:.1f}" if k in lat else "" for k in ("p50", "p95", "p99"))

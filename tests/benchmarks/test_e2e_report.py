@@ -73,6 +73,23 @@ def test_paced_latency_is_set_beside_the_no_op_limit_at_the_same_rate(tmp_path: 
     text = report(runs, "setup", tmp_path)
     assert "- 810/s: engine p50 / p99 55 / 599 ms, no-op 13 / 35 ms" in text
     assert "1,134/s: engine" not in text
+    assert "not sustained" not in text
+
+
+def test_a_paced_run_that_fell_behind_its_rate_says_so(tmp_path: Path) -> None:
+    # At the peak rate the queue grows for the whole run: its latency is the run's
+    # length, and the report must not pass it off as a steady-load figure.
+    behind = Run("engine", 1, "rate", 3000.0, 100, 100, 2217.0)
+    behind.latency_ms = {"p50": 323.0, "p95": 1827.0, "p99": 1869.0}
+    kept_up = Run("noop", 1, "rate", 3000.0, 100, 100, 2950.0)  # within 3 %: sustained
+    kept_up.latency_ms = {"p50": 27.0, "p95": 73.0, "p99": 89.0}
+    text = report([behind, kept_up], "setup", tmp_path)
+    assert (
+        "- 3,000/s: engine p50 / p99 323 / 1869 ms (not sustained: 2,217/s decided), "
+        "no-op 27 / 89 ms" in text
+    )
+    assert "| engine | 1 | rate, not sustained | 3,000 |" in text
+    assert "| noop | 1 | rate | 3,000 |" in text
 
 
 def test_the_cpu_table_gives_each_runs_cost_per_decision_and_the_ceiling(tmp_path: Path) -> None:
