@@ -7,7 +7,9 @@
 2. in a worker thread: the rollout for this batch is read, features are fetched once
    (transaction-only features when the store is down), and the champion decides every
    transaction under the deadline (``scoring.deadline_ms``); past it, the configured
-   default is emitted, as by :class:`streams.scoring.DeadlineDecider`;
+   default is emitted, as by :class:`streams.scoring.DeadlineDecider`. A decision's
+   ``decided_at`` (and ``latency_ms``) counts the feature lookup and the model's own
+   scoring, as with :class:`models.decide.EnginePipeline`;
 3. with a challenger, in a second thread, within what is left of the deadline: it
    decides every transaction (``shadow = true``) or only the canary ones. Its failure,
    its slowness or a late run still going never change or delay the champion's
@@ -23,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from features.matrix import FeatureMatrix
@@ -33,7 +36,7 @@ from fraudstream.errors import FeatureStoreError
 from fraudstream.settings import ScoringSettings
 from fraudstream.wire import Decision, Transaction, encode
 from models.base import ScoringBatch
-from models.decide import ENGINE_ERROR_REASON, Deadline, default_decisions
+from models.decide import ENGINE_ERROR_REASON, Clock, Deadline, default_decisions
 from streams.hotswap import LiveModel, ModelSet, Swap
 from streams.rollout import RolloutPlan, canary_mask
 from streams.scoring import Outgoing, wait_for_straggler
@@ -131,6 +134,7 @@ class _First:
     plan: RolloutPlan
     batch: ScoringBatch
     decisions: list[Decision]
+    featured_at: datetime  # the batch's start plus its feature lookup
 
 
 class RoutedDecider:
@@ -146,9 +150,11 @@ class RoutedDecider:
         timeout_s: float,
         hooks: RoutingHooks | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.models = models
         self.timeout_s = timeout_s
+        self._clock = clock
         self._features = features
         self._rollout = rollout
         self._scoring = scoring
@@ -198,7 +204,7 @@ class RoutedDecider:
         except Exception as exc:  # a bug must not stop the stream
             self._report(exc)
             return Routed(self._default(champion, transactions, now, False))
-        routed = await self._with_challenger(challenger, first, now, give_up_at)
+        routed = await self._with_challenger(challenger, first, give_up_at)
         self._hooks.batch_routed(
             len(routed.live) - routed.canary, routed.canary, len(routed.shadow)
         )
@@ -211,13 +217,18 @@ class RoutedDecider:
         now: datetime,
         budget_ms: float,
     ) -> _First:
+        started = self._clock()
         deadline = Deadline.after_ms(budget_ms)
         plan = self._rollout.current()
         batch = self._features(transactions)
-        return _First(plan, batch, champion.decide(batch, now, deadline))
+        # The feature lookup is part of deciding: the engine adds its own scoring time
+        # to the ``now`` it is given, so without this a decision's decided_at and
+        # latency_ms would leave out the largest part of the step (the Redis script).
+        featured_at = now + timedelta(seconds=self._clock() - started)
+        return _First(plan, batch, champion.decide(batch, featured_at, deadline), featured_at)
 
     async def _with_challenger(
-        self, challenger: LiveModel | None, first: _First, now: datetime, give_up_at: float
+        self, challenger: LiveModel | None, first: _First, give_up_at: float
     ) -> Routed:
         plan, batch = first.plan, first.batch
         ids = [t.transaction_id for t in batch.transactions]
@@ -225,7 +236,10 @@ class RoutedDecider:
         rows = list(range(len(ids))) if plan.shadow else [i for i, c in enumerate(canary) if c]
         if challenger is None or not rows:
             return Routed(first.decisions)
-        theirs = await self._challenger_decides(challenger, subset(batch, rows), now, give_up_at)
+        # The challenger's decided_at: the same feature lookup plus its own scoring (what
+        # it would take live), not the champion's time before it.
+        part = subset(batch, rows)
+        theirs = await self._challenger_decides(challenger, part, first.featured_at, give_up_at)
         if theirs is None:
             return Routed(first.decisions)
         return route(first.decisions, dict(zip(rows, theirs, strict=True)), canary)

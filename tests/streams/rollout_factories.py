@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -129,6 +130,8 @@ def make_decider(
     *,
     timeout_s: float = 30.0,
     reports: Reports | None = None,
+    features: Callable[[Sequence[Transaction]], ScoringBatch] = fake_features,
+    clock: Callable[[], float] = time.monotonic,
 ) -> RoutedDecider:
     def live(engine: FakeEngine | LiveModel) -> LiveModel:
         return engine if isinstance(engine, LiveModel) else LiveModel(engine)
@@ -136,11 +139,12 @@ def make_decider(
     models = ModelSet(live(champion), None if challenger is None else live(challenger))
     return RoutedDecider(
         models,
-        fake_features,
+        features,
         FixedRollout(plan or RolloutPlan()),
         ScoringSettings(),
         timeout_s=timeout_s,
         hooks=reports,
+        clock=clock,
     )
 
 

@@ -4,12 +4,17 @@ shadow, and that the challenger never changes or delays the champion."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from datetime import timedelta
 
+from fraudstream.wire import Transaction
+from models.base import ScoringBatch
 from streams.rollout import RolloutPlan, in_canary
 from tests.streams.rollout_factories import (
     T0,
     FakeEngine,
     Reports,
+    fake_features,
     make_decider,
     make_transactions,
     shadow_of,
@@ -25,6 +30,23 @@ async def test_without_a_challenger_the_champion_decides_and_nothing_is_shadowed
     assert [d.transaction_id for d in live] == [t.transaction_id for t in txs]
     assert {d.model_version for d in live} == {"a"}
     assert decider.take_shadow() == []
+
+
+async def test_decided_at_counts_the_feature_lookup_for_champion_and_challenger() -> None:
+    # The engine adds its own scoring time to the ``now`` it is given; the router must
+    # add the feature lookup (the Redis script: most of a step) before handing it on.
+    ticks = [100.0]
+
+    def slow_features(transactions: Sequence[Transaction]) -> ScoringBatch:
+        ticks[0] += 0.009
+        return fake_features(transactions)
+
+    decider = make_decider(
+        FakeEngine("a"), FakeEngine("b"), features=slow_features, clock=lambda: ticks[0]
+    )
+    live = await decider.decide(make_transactions(3), T0)
+    assert {d.decided_at for d in live} == {T0 + timedelta(milliseconds=9)}
+    assert {d.decided_at for d in shadow_of(decider)} == {T0 + timedelta(milliseconds=9)}
 
 
 async def test_the_challenger_shadows_every_transaction_and_never_acts() -> None:
