@@ -61,7 +61,7 @@ from pathlib import Path
 import msgspec
 
 from benchmarks.cpu_meter import HARNESS, CpuMeter
-from benchmarks.e2e_report import Run, Seen, median_drain, plots, report, summarise, with_cpu
+from benchmarks.e2e_report import Collected, Run, median_drain, plots, report, summarise, with_cpu
 from features.table import epoch_ms
 from fraudstream.devstack.testing import shared_dev_stack
 from fraudstream.settings import Settings, load_settings
@@ -117,9 +117,10 @@ class Workers:
                 proc.kill()
 
 
-async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Seen:
-    """(broker timestamp ms, event time ms) of the first decision of each transaction in
-    ``wanted``, until all arrived or nothing new came for ``timeout_s``."""
+async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Collected:
+    """(broker timestamp ms, event time ms, decided_at ms) of the first decision of each
+    transaction in ``wanted``, and how many of those were deadline defaults or degraded,
+    until all arrived or nothing new came for ``timeout_s``."""
     from aiokafka import AIOKafkaConsumer
 
     from streams.kafka_config import aiokafka_kwargs
@@ -132,6 +133,7 @@ async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Se
     )
     await consumer.start()
     out: dict[str, tuple[int, int, int | None]] = {}
+    collected = Collected()
     decode = msgspec.json.Decoder(_Stamps).decode
     idle_since = time.monotonic()
     try:
@@ -148,10 +150,13 @@ async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Se
                             epoch_ms(doc.event_time),
                             None if decided is None else epoch_ms(decided),
                         )
+                        collected.timeout_defaults += doc.timeout_default
+                        collected.degraded += doc.degraded
                         idle_since = time.monotonic()
     finally:
         await consumer.stop()
-    return list(out.values())
+    collected.seen = list(out.values())
+    return collected
 
 
 class _Stamps(msgspec.Struct):
@@ -161,6 +166,8 @@ class _Stamps(msgspec.Struct):
     transaction_id: str
     event_time: datetime
     decided_at: datetime | None = None
+    timeout_default: bool = False
+    degraded: bool = False
 
 
 def _ids(messages: Sequence[Message]) -> set[str]:
@@ -197,20 +204,22 @@ def measure(
     runs = []
     try:
         with CpuMeter(roles, alone=[HARNESS]) as meter:
-            seen = asyncio.run(_collect(settings, _ids(messages), timeout_s=120))
+            got = asyncio.run(_collect(settings, _ids(messages), timeout_s=120))
             peak = Run(system, workers, "peak", None, len(messages), 0, 0.0)
-            runs.append(with_cpu(summarise(peak, seen, latency=False), seen, meter))
+            runs.append(with_cpu(summarise(got.counted(peak), got.seen, False), got.seen, meter))
             for rate in rates:
                 fresh = [(k, _renamed(v)) for k, v in messages[:rate_messages]]
 
-                async def live(rate: float = rate, fresh: list[Message] = fresh) -> Seen:
+                async def live(rate: float = rate, fresh: list[Message] = fresh) -> Collected:
                     collector = asyncio.create_task(_collect(settings, _ids(fresh), timeout_s=30))
                     await produce(settings.kafka, topic, fresh, rate=rate, live=True)
                     return await collector
 
                 got = asyncio.run(live())
                 paced = Run(system, workers, "rate", rate, len(fresh), 0, 0.0)
-                runs.append(with_cpu(summarise(paced, got, latency=True), got, meter))
+                runs.append(
+                    with_cpu(summarise(got.counted(paced), got.seen, True), got.seen, meter)
+                )
     finally:
         procs.stop()
     return runs

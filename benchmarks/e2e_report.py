@@ -29,6 +29,11 @@ class Run:
     drains: list[float] = field(default_factory=list)  # every peak drain's rate, in order
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU per decision, by role
     cpu_busy: float = 0.0  # share of the machine's cores busy over the measured span
+    # Of the decisions counted: the deadline passed and the configured default went out
+    # instead; decided with a layer skipped (its breaker open) or without the online
+    # features. A rate reached by defaulting is not a rate of decisions.
+    timeout_defaults: int = 0
+    degraded: int = 0
 
 
 def median_drain(drains: Sequence[Run]) -> Run:
@@ -43,6 +48,19 @@ def median_drain(drains: Sequence[Run]) -> Run:
 
 # (decision's broker timestamp, transaction's event time, decision's decided_at), ms
 Seen = list[tuple[int, int, int | None]]
+
+
+@dataclass
+class Collected:
+    """What the collector read of a run's decisions (the first of each transaction)."""
+
+    seen: Seen = field(default_factory=list)
+    timeout_defaults: int = 0
+    degraded: int = 0
+
+    def counted(self, run: Run) -> Run:
+        run.timeout_defaults, run.degraded = self.timeout_defaults, self.degraded
+        return run
 
 
 CDF_POINTS = 1_000  # latencies kept per paced run for the CDF plot (evenly by rank)
@@ -148,6 +166,10 @@ def latency_beside_the_limit(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
+def _share(count: int, of: int) -> str:
+    return f"{count:,} ({100.0 * count / of:.1f} %)" if of else ""
+
+
 def report(runs: list[Run], setup: str, out: Path, cores: int = 1) -> str:
     peak = {(r.system, r.workers): r.rate for r in runs if r.mode == "peak"}
     engine1 = peak.get(("engine", 1), 0.0)
@@ -157,8 +179,9 @@ def report(runs: list[Run], setup: str, out: Path, cores: int = 1) -> str:
         setup,
         "",
         "| system | workers | mode | target/s | sent | decided | decisions/s "
-        "| drains (min–max) | p50 ms | p95 ms | p99 ms | of which to decided_at p50 / p99 ms |",
-        "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        "| drains (min–max) | p50 ms | p95 ms | p99 ms | of which to decided_at p50 / p99 ms "
+        "| timeout defaults | degraded |",
+        "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|",
     ]
     for r in runs:
         lat = r.latency_ms
@@ -179,7 +202,7 @@ def report(runs: list[Run], setup: str, out: Path, cores: int = 1) -> str:
                 if "decided_p50" in lat
                 else ""
             )
-            + " |"
+            + f" | {_share(r.timeout_defaults, r.decided)} | {_share(r.degraded, r.decided)} |"
         )
     floor = latency_beside_the_limit(runs)
     if floor:

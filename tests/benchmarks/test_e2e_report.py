@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.e2e_report import CDF_POINTS, Run, median_drain, plots, report, summarise
+from benchmarks.e2e_report import (
+    CDF_POINTS,
+    Collected,
+    Run,
+    median_drain,
+    plots,
+    report,
+    summarise,
+)
 
 
 def drain(rate: float, decided: int = 1000, system: str = "engine") -> Run:
@@ -109,3 +117,15 @@ def test_the_cpu_table_gives_each_runs_cost_per_decision_and_the_ceiling(tmp_pat
     assert "| engine x1 peak | 2,000 | 300 | 100 | 100 | 50 | 10 | 40 | 56% | 4,000 |" in text
     assert "noop x1 peak" not in text
     assert "Where the CPU goes" not in report([unmetered], "setup", tmp_path, cores=2)
+
+
+def test_the_report_counts_deadline_defaults_and_degraded_decisions(tmp_path: Path) -> None:
+    # A rate reached by emitting the deadline's default is not a rate of decisions: the
+    # report says how many of a run's decisions were defaults or degraded.
+    got = Collected(seen=[(1_000 + i, 900, 950) for i in range(200)], timeout_defaults=3)
+    got.degraded = 50
+    run = summarise(got.counted(Run("engine", 1, "peak", None, 200, 0, 0.0)), got.seen, False)
+    assert (run.decided, run.timeout_defaults, run.degraded) == (200, 3, 50)
+    text = report([run], "setup", tmp_path)
+    assert "| timeout defaults | degraded |" in text
+    assert "| 3 (1.5 %) | 50 (25.0 %) |" in text
