@@ -74,6 +74,7 @@ SYSTEMS: dict[str, list[str]] = {
     "engine": [sys.executable, "-m", "fraudstream.cli", "worker"],
     "noop": [sys.executable, "-m", "benchmarks.noop_worker"],
     "naive": [sys.executable, "-m", "benchmarks.naive_worker"],
+    "child-decider": [sys.executable, "-m", "benchmarks.child_decider_worker"],
 }
 
 
@@ -256,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--transactions", type=int, default=60_000)
-    parser.add_argument("--systems", default="engine,noop,naive")
+    parser.add_argument("--systems", default="engine,noop,naive,child-decider")
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--fractions", default="0.5,0.7,0.9,1.0")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         engine_peak = median_drain(drains["engine"]).rate if "engine" in drains else 0.0
         if engine_peak > 0 and fractions:
             rates = [f * engine_peak for f in fractions]
-            for system in [s for s in ("engine", "noop") if s in systems]:
+            for system in [s for s in ("engine", "child-decider", "noop") if s in systems]:
                 # The paced runs' workers drain the filled topic first: one more drain.
                 first, *more = measure(
                     system,

@@ -54,7 +54,7 @@ from streams.hotswap import LiveModel, ModelSet, RegistryWatcher, Swap, registry
 from streams.reconcile import ReconcileHooks, register_reconcile_agent
 from streams.rollout import FixedRollout, RolloutFile, RolloutPlan
 from streams.routing import BatchFeatures, RoutedDecider
-from streams.scoring import StreamHooks
+from streams.scoring import BatchDecider, StreamHooks
 from streams.topics import ensure_topics
 from training.bundle import EngineInfo, load_bundle
 from training.registry import ModelRegistry, RegistryConfig
@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 class ScoringParts:
     """What the agents need, built from settings; the tests build it with fakes."""
 
-    decider: RoutedDecider
+    decider: BatchDecider  # a RoutedDecider (the benchmarks try others)
     apply_labels: Any  # (labels) -> int: the feature store's apply_labels
     info: EngineInfo  # the engine in force at start
     watcher: RegistryWatcher | None = None  # models.source = "registry"
