@@ -2,7 +2,7 @@
 fractions of the peak, the no-op limit and the naive design side by side, and scaling
 with worker processes.
 
-    .venv/bin/python -m benchmarks.bench_end_to_end            # ~10-12 minutes
+    .venv/bin/python -m benchmarks.bench_end_to_end            # ~12 minutes
     .venv/bin/python -m benchmarks.bench_end_to_end --quick    # ~3 minutes
 
 Each *system* runs as real worker processes (``fraudstream worker``; the no-op worker of
@@ -32,6 +32,10 @@ topics and a consumer group of its own, against the dev stack (brought up if nee
   engine's. A paced run that decides less than 97 % of its rate is marked "not
   sustained": its queue grew for the whole run, so its latency measures the run's
   length, not a steady load.
+* **The decider in a child process** (``benchmarks/child_decider_worker.py``, system
+  ``child-decider``): the real worker with its decision step behind a pipe, drained and
+  paced like the engine; each run's deadline defaults and degraded decisions are
+  counted for every system, and this design is here because they differ most.
 * **Scaling**: the engine's peak with 1, 2 and 4 workers (the topic has 4 partitions).
 * **Where the CPU goes**: every run's CPU time by process (the workers with their
   children, the broker, Redis, this benchmark's own load generator and collector, the

@@ -149,21 +149,26 @@ def sustained(run: Run) -> bool:
 
 
 def latency_beside_the_limit(runs: Sequence[Run]) -> list[str]:
-    """One line per rate at which both the engine and the no-op worker were paced."""
+    """One line per rate at which both the engine and the no-op worker were paced: the
+    engine, any other design paced there (the child-process decider), then the no-op."""
     paced = {(r.system, r.target_rate): r for r in runs if r.mode == "rate"}
     lines = []
-    for (system, rate), run in paced.items():
+    for (system, rate), engine in paced.items():
         noop = paced.get(("noop", rate))
-        engine = run.latency_ms
-        if system != "engine" or rate is None or noop is None or not noop.latency_ms or not engine:
+        if system != "engine" or rate is None or noop is None:
             continue
-        behind = "" if sustained(run) else f" (not sustained: {run.rate:,.0f}/s decided)"
-        lines.append(
-            f"- {rate:,.0f}/s: engine p50 / p99 {engine['p50']:.0f} / {engine['p99']:.0f} ms"
-            f"{behind}, no-op {noop.latency_ms['p50']:.0f} / {noop.latency_ms['p99']:.0f} ms"
-            + ("" if sustained(noop) else f" (not sustained: {noop.rate:,.0f}/s)")
-        )
+        others = [r for (s, t), r in paced.items() if t == rate and s not in ("engine", "noop")]
+        parts = [_latency(r) for r in (engine, *others, noop) if r.latency_ms]
+        if len(parts) > 1 and engine.latency_ms:
+            lines.append(f"- {rate:,.0f}/s: " + ", ".join(parts))
     return lines
+
+
+def _latency(run: Run) -> str:
+    name = "no-op" if run.system == "noop" else run.system
+    behind = "" if sustained(run) else f" (not sustained: {run.rate:,.0f}/s decided)"
+    lat = run.latency_ms
+    return f"{name} p50 / p99 {lat['p50']:.0f} / {lat['p99']:.0f} ms{behind}"
 
 
 def _share(count: int, of: int) -> str:
