@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -140,10 +140,19 @@ class ScoringSettings(_Section):
         return self
 
 
+LayerName = Literal["rules", "xgboost", "gnn", "iforest"]
+
+
 class BreakerSettings(_Section):
     failure_threshold: int = Field(default=3, ge=1)
     reset_timeout_s: float = Field(default=5.0, gt=0)
     latency_budget_ms: float = Field(default=20.0, gt=0)
+    # Per layer, over latency_budget_ms: a worker sharing its cores can run a layer
+    # several times slower than alone, and ops may rather wait for the rule layer (the
+    # allow/deny lists) than see it skipped while its breaker is open.
+    layer_latency_budget_ms: dict[LayerName, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict
+    )
     half_open_probes: int = Field(default=1, ge=1)
 
 
@@ -343,6 +352,16 @@ def locate_key(text: str, dotted: str) -> int | None:
     return table_line
 
 
+def _written_at(text: str, loc: tuple[str, ...]) -> int | None:
+    """The line of ``loc``, or of the nearest part of it written as a line of its own (a
+    key inside an inline table ``{ ... }`` is on its table's line)."""
+    for depth in range(len(loc), 0, -1):
+        line = locate_key(text, ".".join(loc[:depth]))
+        if line is not None:
+            return line
+    return None
+
+
 def _env_name_for(loc: tuple[str, ...], env: Mapping[str, str]) -> str | None:
     """The environment variable that set ``loc`` (or a parent of it), if any."""
     upper = {k.upper(): k for k in env}
@@ -399,14 +418,15 @@ def load_settings(
 def _explain(exc: ValidationError, path: Path, text: str, env: Mapping[str, str]) -> ConfigError:
     problems: list[ConfigError] = []
     for error in exc.errors():
-        loc = tuple(str(p) for p in error["loc"])
+        # pydantic marks a bad dict key with a trailing "[key]": the key itself is named.
+        loc = tuple(str(p) for p in error["loc"] if p != "[key]")
         key = ".".join(loc) if loc else "-"
         reason = error["msg"]
         env_name = _env_name_for(loc, env) if loc else None
         if env_name is not None:
             problems.append(ConfigError(f"environment variable {env_name}", key, reason))
         else:
-            line = locate_key(text, key) if text and loc else None
+            line = _written_at(text, loc) if text and loc else None
             source = str(path) if text else "built-in defaults"
             problems.append(ConfigError(source, key, reason, line))
     return problems[0] if len(problems) == 1 else ConfigErrors(problems)

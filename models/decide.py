@@ -117,7 +117,9 @@ class ScoringEngine:
         self._clock = clock
         self._on_layer_result = on_layer_result
         self._on_engine_error = on_engine_error
-        budgets = latency_budgets_ms or {}
+        # The settings' per-layer budgets, then the caller's; the rest: latency_budget_ms.
+        budgets = {str(name): ms for name, ms in breaker.layer_latency_budget_ms.items()}
+        budgets.update(latency_budgets_ms or {})
         names = [*(["rules"] if self.rules is not None else []), *self.layers]
         self.breakers = {
             name: CircuitBreaker(

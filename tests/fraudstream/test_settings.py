@@ -206,3 +206,22 @@ def test_redis_tls_settings_load_and_need_a_rediss_url(tmp_path: Path) -> None:
         load_settings(plain, {})
     assert info.value.key == "redis" and "rediss://" in info.value.reason
     assert info.value.line == 1
+
+
+def test_a_layer_can_have_a_latency_budget_of_its_own(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "[breaker]\nlatency_budget_ms = 20\nlayer_latency_budget_ms = { rules = 50 }\n"
+    )
+    settings = load_settings(path, {})
+    assert settings.breaker.layer_latency_budget_ms == {"rules": 50.0}
+    env = {"FRAUDSTREAM__BREAKER__LAYER_LATENCY_BUDGET_MS": '{"gnn": 35}'}
+    assert load_settings(None, env).breaker.layer_latency_budget_ms == {"gnn": 35.0}
+
+
+def test_a_budget_for_a_layer_that_does_not_exist_is_rejected_naming_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "[breaker]\nlayer_latency_budget_ms = { rulez = 50 }\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert info.value.key == "breaker.layer_latency_budget_ms.rulez"
+    assert "'rules', 'xgboost', 'gnn' or 'iforest'" in info.value.reason
+    assert info.value.line == 2  # the inline table's line

@@ -165,7 +165,10 @@ class Rig:
 
 
 def make_rig(
-    scoring: ScoringSettings = SCORING, lists: Any = None, reasons: ReasonSettings | None = None
+    scoring: ScoringSettings = SCORING,
+    lists: Any = None,
+    reasons: ReasonSettings | None = None,
+    breaker: BreakerSettings = BREAKER,
 ) -> Rig:
     clock = FakeClock()
     layers = make_layers(clock)
@@ -177,7 +180,7 @@ def make_rig(
         layers=layers,
         rules=make_rules(lists),
         scoring=scoring,
-        breaker=BREAKER,
+        breaker=breaker,
         reasons=reasons,
         clock=clock,
         on_layer_result=reports.append,
@@ -293,6 +296,21 @@ def test_a_slow_layer_is_used_until_its_breaker_opens_then_skipped() -> None:
     assert all(d.layers_run == ["rules", "gnn", "iforest"] and d.degraded for d in decisions)
     probability = stacked_probability(rig, batch, ("gnn", "iforest"))
     assert [d.decision for d in decisions] == fallback_outcomes(probability)
+
+
+def test_a_layer_with_a_budget_of_its_own_is_slow_only_past_it() -> None:
+    # ops: the whole machine is slow, and the GNN may take 50 ms before it is skipped
+    breaker = BreakerSettings(
+        failure_threshold=3, latency_budget_ms=20.0, layer_latency_budget_ms={"gnn": 50.0}
+    )
+    rig = make_rig(breaker=breaker)
+    rig.layers["gnn"].mode = rig.layers["trees"].mode = "slow"  # 30 ms each
+    for _ in range(3):
+        rig.engine.decide(scoring_batch(), NOW)
+    assert rig.statuses()["gnn"] == "ok"
+    assert rig.engine.breakers["gnn"].state is BreakerState.CLOSED
+    assert rig.engine.breakers["trees"].state is BreakerState.OPEN  # the 20 ms for the rest
+    assert rig.engine.breakers["gnn"].latency_budget_ms == 50.0
 
 
 # --- the feature store is down ---------------------------------------------------------------
