@@ -65,7 +65,7 @@ from pathlib import Path
 import msgspec
 
 from benchmarks.cpu_meter import HARNESS, CpuMeter
-from benchmarks.e2e_report import Collected, Run, median_drain, plots, report, summarise, with_cpu
+from benchmarks.e2e_report import Collected, Run, finished, median_drain, plots, report
 from features.table import epoch_ms
 from fraudstream.devstack.testing import shared_dev_stack
 from fraudstream.settings import Settings, load_settings
@@ -211,7 +211,7 @@ def measure(
         with CpuMeter(roles, alone=[HARNESS]) as meter:
             got = asyncio.run(_collect(settings, _ids(messages), timeout_s=120))
             peak = Run(system, workers, "peak", None, len(messages), 0, 0.0)
-            runs.append(with_cpu(summarise(got.counted(peak), got.seen, False), got.seen, meter))
+            runs.append(finished(peak, got, meter, latency=False))
             for rate in rates:
                 fresh = [(k, _renamed(v)) for k, v in messages[:rate_messages]]
 
@@ -222,9 +222,7 @@ def measure(
 
                 got = asyncio.run(live())
                 paced = Run(system, workers, "rate", rate, len(fresh), 0, 0.0)
-                runs.append(
-                    with_cpu(summarise(got.counted(paced), got.seen, True), got.seen, meter)
-                )
+                runs.append(finished(paced, got, meter, latency=True))
     finally:
         procs.stop()
     return runs

@@ -104,6 +104,12 @@ def with_cpu(run: Run, seen: Seen, meter: CpuMeter) -> Run:
     return run
 
 
+def finished(run: Run, got: Collected, meter: CpuMeter, latency: bool) -> Run:
+    """``run`` with all a collection says: the defaults and degraded counted, the rate
+    (and with ``latency`` its percentiles), the CPU per decision."""
+    return with_cpu(summarise(got.counted(run), got.seen, latency), got.seen, meter)
+
+
 def plots(runs: list[Run], out: Path) -> list[str]:
     import matplotlib
 
