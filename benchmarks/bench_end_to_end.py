@@ -32,10 +32,11 @@ topics and a consumer group of its own, against the dev stack (brought up if nee
   engine's. A paced run that decides less than 97 % of its rate is marked "not
   sustained": its queue grew for the whole run, so its latency measures the run's
   length, not a steady load.
-* **The decider in a child process** (``benchmarks/child_decider_worker.py``, system
-  ``child-decider``): the real worker with its decision step behind a pipe, drained and
-  paced like the engine; each run's deadline defaults and degraded decisions are
-  counted for every system, and this design is here because they differ most.
+* **The decider in the worker's own process** (system ``in-process``: the engine worker
+  with ``worker.decider_process = false``, the design before the decider moved to a
+  child process of its own), drained and paced like the engine. Each run's deadline
+  defaults and degraded decisions are counted for every system, and these two designs
+  are side by side because that is where they differ most.
 * **Scaling**: the engine's peak with 1, 2 and 4 workers (the topic has 4 partitions).
 * **Where the CPU goes**: every run's CPU time by process (the workers with their
   children, the broker, Redis, this benchmark's own load generator and collector, the
@@ -74,11 +75,16 @@ from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+ENGINE = [sys.executable, "-m", "fraudstream.cli", "worker"]
 SYSTEMS: dict[str, list[str]] = {
-    "engine": [sys.executable, "-m", "fraudstream.cli", "worker"],
+    "engine": ENGINE,
     "noop": [sys.executable, "-m", "benchmarks.noop_worker"],
     "naive": [sys.executable, "-m", "benchmarks.naive_worker"],
-    "child-decider": [sys.executable, "-m", "benchmarks.child_decider_worker"],
+    "in-process": ENGINE,
+}
+# What a system sets beside the benchmark's own settings.
+SYSTEM_ENV: dict[str, dict[str, str]] = {
+    "in-process": {"FRAUDSTREAM__WORKER__DECIDER_PROCESS": "false"},
 }
 
 
@@ -105,6 +111,7 @@ class Workers:
             worker_env = {
                 **os.environ,
                 **env,
+                **SYSTEM_ENV.get(system, {}),
                 "PYTHONUNBUFFERED": "1",
                 "FRAUDSTREAM__WORKER__DATA_DIR": str(logs / f"data-{uuid.uuid4().hex[:8]}"),
             }
@@ -259,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--transactions", type=int, default=60_000)
-    parser.add_argument("--systems", default="engine,noop,naive,child-decider")
+    parser.add_argument("--systems", default="engine,noop,naive,in-process")
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--fractions", default="0.5,0.7,0.9,1.0")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -299,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         engine_peak = median_drain(drains["engine"]).rate if "engine" in drains else 0.0
         if engine_peak > 0 and fractions:
             rates = [f * engine_peak for f in fractions]
-            for system in [s for s in ("engine", "child-decider", "noop") if s in systems]:
+            for system in [s for s in ("engine", "in-process", "noop") if s in systems]:
                 # The paced runs' workers drain the filled topic first: one more drain.
                 first, *more = measure(
                     system,

@@ -156,7 +156,7 @@ def sustained(run: Run) -> bool:
 
 def latency_beside_the_limit(runs: Sequence[Run]) -> list[str]:
     """One line per rate at which both the engine and the no-op worker were paced: the
-    engine, any other design paced there (the child-process decider), then the no-op."""
+    engine, any other design paced there (the in-process decider), then the no-op."""
     paced = {(r.system, r.target_rate): r for r in runs if r.mode == "rate"}
     lines = []
     for (system, rate), engine in paced.items():

@@ -145,6 +145,37 @@ class CircuitOpenError(LayerError):
         super().__init__(layer, "circuit breaker is open; layer skipped")
 
 
+# --- the decider's child process (``worker.decider_process``) --------------------------
+
+
+class DeciderError(ScoringError):
+    """The decider's child process failed."""
+
+
+class ReportedError(DeciderError):
+    """An error raised in the decider's child process, as it reported it: the name of
+    its type (``type_name``, what metrics label it by) and its message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        super().__init__(f"{type_name}: {message}")
+
+
+class DeciderStartError(ReportedError):
+    """The decider's child could not load its engine (``type_name``: the child's error,
+    or ``timeout`` / ``exit``): the worker does not start."""
+
+
+class DeciderProcessDied(DeciderError):
+    """The decider's child process stopped; ``exit_code`` as the OS gave it (None when
+    only its pipe broke, or it was still being stopped)."""
+
+    def __init__(self, exit_code: int | None) -> None:
+        self.exit_code = exit_code
+        super().__init__(f"the decider's child process stopped (exit code {exit_code})")
+
+
 # --- models and artefacts ------------------------------------------------------------
 
 

@@ -66,6 +66,13 @@ class EngineMetrics:
             "Configured default decisions emitted because the deadline passed.",
             registry=r,
         )
+        self.decider_restarts = Counter(
+            "fraudstream_decider_restarts",
+            "Decider child processes replaced (worker.decider_process), by reason: died "
+            "(it exited) or stalled (it answered nothing for worker.decider_stall_s).",
+            ["reason"],
+            registry=r,
+        )
         self.pipeline_errors = Counter(
             "fraudstream_pipeline_errors",
             "Batches whose scoring raised; the configured default was emitted.",
@@ -305,13 +312,17 @@ class PrometheusEngineHooks:
         self._m.breaker_state.labels(layer).set(BREAKER_STATE_VALUES.get(str(new), -1.0))
 
     def feature_store_error(self, error: BaseException) -> None:
-        self._m.feature_store_errors.labels(type(error).__name__).inc()
+        # An error the decider's child reported is labelled by its own type's name.
+        self._m.feature_store_errors.labels(getattr(error, "type_name", type(error).__name__)).inc()
 
     def feature_lookup(self, seconds: float, ok: bool) -> None:
         self._m.feature_store_seconds.labels("ok" if ok else "error").observe(seconds)
 
     def engine_error(self, error: BaseException) -> None:
         self._m.pipeline_errors.inc()
+
+    def decider_restarted(self, reason: str) -> None:
+        self._m.decider_restarts.labels(reason).inc()
 
 
 class PrometheusReconcileHooks:

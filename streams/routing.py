@@ -165,10 +165,13 @@ class RoutedDecider:
         self._shadow: list[Outgoing] = []
         self._shadow_lock = threading.Lock()
 
-    async def decide(self, transactions: Sequence[Transaction], now: datetime) -> list[Decision]:
+    async def decide(
+        self, transactions: Sequence[Transaction], now: datetime, *, budget_s: float | None = None
+    ) -> list[Decision]:
         """The live decisions, one per transaction in order; the shadow ones wait for
-        :meth:`take_shadow`."""
-        routed = await self.decide_routed(transactions, now)
+        :meth:`take_shadow`. ``budget_s``: what is left of the deadline, when less than
+        ``timeout_s`` (a batch that waited before reaching this decider)."""
+        routed = await self.decide_routed(transactions, now, budget_s=budget_s)
         shadow = [Outgoing(d.card_id.encode(), encode(d)) for d in routed.shadow]
         with self._shadow_lock:
             self._shadow = shadow  # only the last batch's: never grows, never repeats
@@ -180,9 +183,11 @@ class RoutedDecider:
             taken, self._shadow = self._shadow, []
         return taken
 
-    async def decide_routed(self, transactions: Sequence[Transaction], now: datetime) -> Routed:
+    async def decide_routed(
+        self, transactions: Sequence[Transaction], now: datetime, *, budget_s: float | None = None
+    ) -> Routed:
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self.timeout_s
+        give_up_at = loop.time() + (self.timeout_s if budget_s is None else budget_s)
         if self._late is not None and not await wait_for_straggler(self._late, self.timeout_s):
             self._late = None
         swaps = self.models.swap_in()  # between batches, and only here

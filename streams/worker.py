@@ -21,17 +21,13 @@ import gc
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import faust
 
-from features.definitions import FEATURE_NAMES
 from features.label_store import LabelStore
 from features.online import RedisFeatureStore, redis_client_for
 from features.table import transaction_only
-from fraudstream.drift import ReferenceHistogram
-from fraudstream.errors import NoChampionError, RolloutFileError, RuleFileError
 from fraudstream.metrics import (
     EngineMetrics,
     PrometheusEngineHooks,
@@ -42,22 +38,28 @@ from fraudstream.metrics import (
 from fraudstream.settings import Settings
 from fraudstream.wire.pan import CardNumberIngress
 from fraudstream.wire.schemas import LabelEvent, Transaction
-from models.decide import ScoringEngine
 from models.gnn.refresh_process import ChildProcessEmbeddings
-from models.rules import RuleBook, RuleSet, RulesScorer, RulesSettings
-from models.rules.lists import RedisListStore
 from streams.agents import register_labels_agent, register_scoring_agent
 from streams.app import create_app, declare_topics
+from streams.decider_child import Build, build_real
+from streams.decider_process import DeciderProcess
 from streams.dedupe import DedupeConfig
+from streams.engine_loading import (
+    RolloutLog,
+    engine_builder,
+    open_registry,
+    registry_models,
+    score_reference,
+)
 from streams.gnn_refresh import GnnRefresh
-from streams.hotswap import LiveModel, ModelSet, RegistryWatcher, Swap, registry_loader
+from streams.hotswap import ModelSet, RegistryWatcher
 from streams.reconcile import ReconcileHooks, register_reconcile_agent
-from streams.rollout import FixedRollout, RolloutFile, RolloutPlan
+from streams.rollout import FixedRollout, RolloutFile
 from streams.routing import BatchFeatures, RoutedDecider
 from streams.scoring import BatchDecider, StreamHooks
 from streams.topics import ensure_topics
-from training.bundle import EngineInfo, load_bundle
-from training.registry import ModelRegistry, RegistryConfig
+from training.bundle import EngineInfo
+from training.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -72,48 +74,15 @@ class ScoringParts:
     watcher: RegistryWatcher | None = None  # models.source = "registry"
     source: str = ""  # where the engine in force at start came from
     gnn: GnnRefresh | None = None  # keeps the engines' GNN embeddings fresh
+    child: DeciderProcess | None = None  # the decider's child process, if it has one
 
-
-class RolloutLog:
-    """The rollout's reports as log lines (``streams.hotswap.SwapHooks`` and
-    ``streams.routing.RoutingHooks``); counters belong in ``fraudstream.metrics``."""
-
-    def model_staged(self, alias: str, version: int | None, source: str) -> None:
-        if version is None:
-            log.info("%s alias removed: the %s stops at the next batch", alias, alias)
-        else:
-            log.info(
-                "%s version %s loaded from %s, swapped in at the next batch", alias, version, source
-            )
-
-    def model_refused(self, alias: str, version: int, error: BaseException) -> None:
-        log.error(
-            "%s version %s refused, the engine in force keeps running: %s", alias, version, error
-        )
-
-    def poll_failed(self, error: BaseException) -> None:
-        log.warning("model registry not reachable, asking again later: %s", error)
-
-    def batch_routed(self, champion: int, canary: int, shadow: int) -> None:
-        return None
-
-    def challenger_failed(self, reason: str, error: BaseException | None) -> None:
-        log.warning("challenger skipped for a batch (%s)%s", reason, f": {error}" if error else "")
-
-    def models_swapped(self, swaps: Sequence[Swap]) -> None:
-        for swap in swaps:
-            log.info(
-                "%s now %s (was %s)",
-                swap.alias,
-                swap.new.model_version if swap.new is not None else "none",
-                swap.old.model_version if swap.old is not None else "none",
-            )
-
-    def rollout_reloaded(self, plan: RolloutPlan) -> None:
-        log.info("rollout reloaded: canary_share %s, shadow %s", plan.canary_share, plan.shadow)
-
-    def rollout_rejected(self, error: RolloutFileError) -> None:
-        log.error("rollout file rejected, the last good rollout keeps running: %s", error)
+    def close(self) -> None:
+        """Stop the processes these parts started (the GNN refresh, the decider's
+        child): the interpreter's exit would otherwise wait for them."""
+        if self.gnn is not None:
+            self.gnn.close()
+        if self.child is not None:
+            self.child.close()
 
 
 def redis_client(settings: Settings) -> Any:
@@ -140,128 +109,12 @@ def redis_client(settings: Settings) -> Any:
     )
 
 
-def rule_layer(settings: Settings, lists: Any) -> RulesScorer:
-    """The ops rule file, re-read every ``rules.reload_interval_s``, with Redis lists."""
-
-    def reloaded(rules: RuleSet) -> None:
-        log.info("rules reloaded from %s: version %s", settings.scoring.rules_file, rules.version)
-
-    def rejected(error: RuleFileError) -> None:
-        log.error("rule file rejected, the last good rules keep running: %s", error)
-
-    book = RuleBook(
-        settings.scoring.rules_file,
-        features=FEATURE_NAMES,
-        reload_interval_s=settings.rules.reload_interval_s,
-        on_reload=reloaded,
-        on_error=rejected,
-    )
-    options = RulesSettings(
-        reload_interval_s=settings.rules.reload_interval_s,
-        review_score=settings.rules.review_score,
-        list_prefix=settings.rules.list_prefix,
-    )
-    return RulesScorer(book, lists, options)
-
-
-def engine_builder(
-    settings: Settings, client: Any, engine_hooks: PrometheusEngineHooks | None
-) -> Callable[[Path, int | None], LiveModel]:
-    """Loads a bundle directory into a live engine with the hot-reloaded rule layer."""
-    hooks: dict[str, Any] = {}
-    if engine_hooks is not None:
-        hooks = {
-            "on_layer_result": engine_hooks.layer_result,
-            "on_breaker_change": engine_hooks.breaker_changed,
-            "on_engine_error": engine_hooks.engine_error,
-        }
-
-    def build(bundle_dir: Path, version: int | None) -> LiveModel:
-        trained = load_bundle(bundle_dir)
-        engine = ScoringEngine.from_ensemble(
-            trained.ensemble,
-            scoring=settings.scoring,
-            breaker=settings.breaker,
-            rules=rule_layer(settings, RedisListStore(client, prefix=settings.rules.list_prefix)),
-            **hooks,
-        )
-        where = str(bundle_dir) if version is None else f"{settings.mlflow.model_name}/{version}"
-        warm_up([*trained.ensemble.layers.values(), *([engine.rules] if engine.rules else [])])
-        return LiveModel(engine, version, where, trained.info)
-
-    return build
-
-
-def score_reference(info: EngineInfo) -> ReferenceHistogram | None:
-    """The trained engine's score distribution on held-out rows (for drift), if kept."""
-    doc = info.metrics.get("score_reference")
-    return ReferenceHistogram.model_validate(doc) if doc else None
-
-
 def card_number_ingress(settings: Settings) -> CardNumberIngress:
     key = settings.security.pan_token_key
     return CardNumberIngress.from_key(
         key.get_secret_value().encode() if key else None,
         known_fields=Transaction.__struct_fields__,
     )
-
-
-def warm_up(layers: Any, rows: int = 8) -> None:
-    """Score a small synthetic batch with every layer once, before the first real one:
-    the first call of a booster or an ONNX session allocates and compiles, and must not
-    make the first real batch miss its deadline (or count as a breaker failure)."""
-    from datetime import UTC, datetime
-
-    from models.base import ScoringBatch
-
-    start = datetime(2020, 1, 1, tzinfo=UTC)
-    transactions = [
-        Transaction(
-            schema_version=1,
-            transaction_id=f"warm-up-{i}",
-            event_time=start,
-            card_id=f"warm-up-card-{i}",
-            terminal_id="warm-up-terminal",
-            amount=10.0 + i,
-            currency="EUR",
-        )
-        for i in range(rows)
-    ]
-    batch = ScoringBatch(transactions, transaction_only(transactions))
-    for layer in layers:
-        try:
-            layer.score(batch)
-        except Exception as exc:  # best effort: e.g. the rules' Redis lists unreachable yet
-            log.warning("warm-up of %s failed (%s); its first batch will be slower", layer, exc)
-
-
-def open_registry(settings: Settings) -> ModelRegistry:
-    from training.registry_mlflow import MlflowRegistry  # imports mlflow: only when used
-
-    return MlflowRegistry(RegistryConfig.from_settings(settings.mlflow))
-
-
-def _registry_models(
-    settings: Settings,
-    registry: ModelRegistry,
-    build: Callable[[Path, int | None], LiveModel],
-    report: RolloutLog,
-) -> tuple[ModelSet, RegistryWatcher]:
-    """The champion loaded now (a failure stops start-up), the challenger staged by a
-    first poll (a failure only logs), and the watcher that follows both."""
-    target = registry.champion()
-    if target is None:
-        raise NoChampionError(settings.mlflow.model_name, settings.mlflow.tracking_uri)
-    load = registry_loader(
-        registry,
-        build,
-        model_name=settings.mlflow.model_name,
-        download_dir=settings.models.download_dir,
-    )
-    models = ModelSet(load(target))
-    watcher = RegistryWatcher(registry, load, models, report)
-    watcher.poll()
-    return models, watcher
 
 
 def build_scoring(
@@ -275,12 +128,7 @@ def build_scoring(
     yet: a store that is down only degrades decisions). ``registry`` replaces the MLflow
     registry of the settings (tests pass the in-memory twin)."""
     client = redis_client(settings)
-    store = RedisFeatureStore(
-        client,
-        key_prefix=settings.features.key_prefix,
-        allowed_lateness_ms=round(settings.features.allowed_lateness_s * 1000),
-        timeout_ms=settings.features.timeout_ms,
-    )
+    store = feature_store(settings, client)
     build = engine_builder(settings, client, engine_hooks)
     report = RolloutLog()
     watcher: RegistryWatcher | None = None
@@ -293,7 +141,7 @@ def build_scoring(
             on_reload=report.rollout_reloaded,
             on_error=report.rollout_rejected,
         )
-        models, watcher = _registry_models(
+        models, watcher = registry_models(
             settings, registry if registry is not None else open_registry(settings), build, report
         )
     else:
@@ -313,16 +161,7 @@ def build_scoring(
         gnn.observe(transactions)  # the graph moves on even while Redis is down
         return lookup(transactions)
 
-    label_store = LabelStore(settings.features.label_store_dir)  # a file per process
-
-    def apply_labels(labels: Sequence[LabelEvent]) -> int:
-        # Kept for training first, then applied to the online risk features; both before
-        # the labels' offsets are acknowledged (a crash repeats, never loses, a label).
-        label_store.append(labels)
-        applied = store.apply_labels(labels)
-        gnn.observe_labels(labels)
-        return applied
-
+    apply_labels = label_applier(settings, store, gnn.observe_labels)
     features = BatchFeatures(
         compute,
         transaction_only,
@@ -340,6 +179,49 @@ def build_scoring(
     champion = models.champion
     assert champion.info is not None
     return ScoringParts(decider, apply_labels, champion.info, watcher, champion.source, gnn)
+
+
+def feature_store(settings: Settings, client: Any) -> RedisFeatureStore:
+    return RedisFeatureStore(
+        client,
+        key_prefix=settings.features.key_prefix,
+        allowed_lateness_ms=round(settings.features.allowed_lateness_s * 1000),
+        timeout_ms=settings.features.timeout_ms,
+    )
+
+
+def label_applier(
+    settings: Settings,
+    store: RedisFeatureStore,
+    observe_labels: Callable[[Sequence[LabelEvent]], None],
+) -> Callable[[Sequence[LabelEvent]], int]:
+    label_store = LabelStore(settings.features.label_store_dir)  # a file per process
+
+    def apply_labels(labels: Sequence[LabelEvent]) -> int:
+        # Kept for training first, then applied to the online risk features; both before
+        # the labels' offsets are acknowledged (a crash repeats, never loses, a label).
+        label_store.append(labels)
+        applied = store.apply_labels(labels)
+        observe_labels(labels)  # the GNN's graph (in the decider's child, if there is one)
+        return applied
+
+    return apply_labels
+
+
+def build_scoring_in_child(
+    settings: Settings,
+    stream_hooks: StreamHooks,
+    engine_hooks: PrometheusEngineHooks | None = None,
+    *,
+    build: Build = build_real,
+) -> ScoringParts:
+    """``worker.decider_process``: the decider (engines, registry watcher, GNN) in a
+    child process (:mod:`streams.decider_process`); labels are applied here and
+    forwarded to it. Waits until the child's engine is loaded, and raises its error."""
+    decider = DeciderProcess(settings, stream_hooks, engine_hooks, build=build)
+    store = feature_store(settings, redis_client(settings))
+    apply_labels = label_applier(settings, store, decider.observe_labels)
+    return ScoringParts(decider, apply_labels, decider.info, None, decider.source, child=decider)
 
 
 def build_worker_app(
@@ -417,10 +299,11 @@ def build_worker_app(
 
     async def announce() -> None:
         log.info(
-            "scoring with engine %s from %s (feature definitions %s)",
+            "scoring with engine %s from %s (feature definitions %s)%s",
             info.version,
             parts.source,
             info.definitions_hash,
+            f", deciding in child process {parts.child.pid}" if parts.child else "",
         )
 
     app.task(announce)
@@ -448,7 +331,8 @@ def run_worker(settings: Settings) -> None:
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = EngineMetrics()
     # Loaded first: a missing or mismatched engine stops start-up before anything runs.
-    parts = build_scoring(settings, PrometheusStreamHooks(metrics), PrometheusEngineHooks(metrics))
+    build = build_scoring_in_child if settings.worker.decider_process else build_scoring
+    parts = build(settings, PrometheusStreamHooks(metrics), PrometheusEngineHooks(metrics))
     asyncio.run(ensure_topics(settings.kafka))
     if settings.worker.metrics_port:
         metrics.serve(settings.worker.metrics_port)
@@ -462,5 +346,4 @@ def run_worker(settings: Settings) -> None:
     try:
         worker.execute_from_commandline()
     finally:
-        if parts.gnn is not None:
-            parts.gnn.close()  # the refresh child: the interpreter's exit would wait for it
+        parts.close()

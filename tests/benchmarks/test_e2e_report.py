@@ -77,16 +77,16 @@ def test_paced_latency_is_set_beside_the_no_op_limit_at_the_same_rate(tmp_path: 
         paced("engine", 810.0, 55.0, 599.4),
         paced("engine", 1134.0, 211.0, 834.0),  # no no-op run at this rate: no line
         paced("noop", 810.0, 13.0, 35.2),
-        paced("child-decider", 1134.0, 40.0, 90.0),
+        paced("in-process", 1134.0, 40.0, 90.0),
     ]
     text = report(runs, "setup", tmp_path)
     assert "- 810/s: engine p50 / p99 55 / 599 ms, no-op p50 / p99 13 / 35 ms" in text
     assert "1,134/s: engine" not in text
     assert "not sustained" not in text
-    runs.append(paced("child-decider", 810.0, 30.0, 70.0))
+    runs.append(paced("in-process", 810.0, 30.0, 70.0))
     text = report(runs, "setup", tmp_path)
     assert (
-        "- 810/s: engine p50 / p99 55 / 599 ms, child-decider p50 / p99 30 / 70 ms, "
+        "- 810/s: engine p50 / p99 55 / 599 ms, in-process p50 / p99 30 / 70 ms, "
         "no-op p50 / p99 13 / 35 ms" in text
     )
 

@@ -35,8 +35,11 @@ def messages(numbers: range) -> list[tuple[bytes | None, bytes]]:
     return [(t["card_id"].encode(), json.dumps(t).encode()) for t in txs]
 
 
+# The registry watcher and the hot swap in the worker's process, and in the decider's
+# child process (worker.decider_process).
+@pytest.mark.parametrize("in_child", [False, True], ids=["in-process", "child-process"])
 async def test_shadow_canary_and_promotion_on_a_running_worker(
-    stack: Any, make_settings: Any, engine_bundle: Path, tmp_path: Path
+    stack: Any, make_settings: Any, engine_bundle: Path, tmp_path: Path, in_child: bool
 ) -> None:
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     registry = MlflowRegistry(RegistryConfig(tracking_uri=tracking))
@@ -54,6 +57,7 @@ async def test_shadow_canary_and_promotion_on_a_running_worker(
         models__download_dir=str(tmp_path / "downloads"),
         models__rollout_file=str(rollout),
         mlflow__tracking_uri=tracking,
+        worker__decider_process=str(in_child).lower(),
         **DELIVERY_OVERRIDES,
     )
     topics = settings.kafka.topics

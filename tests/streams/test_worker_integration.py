@@ -74,12 +74,15 @@ def label(i: int) -> dict[str, Any]:
     }
 
 
+# The decider in the worker's process, and in a child of its own (worker.decider_process).
+@pytest.mark.parametrize("in_child", [False, True], ids=["in-process", "child-process"])
 async def test_every_transaction_gets_exactly_one_decision(
-    stack: Any, make_settings: Any, engine_bundle: Path, tmp_path: Path
+    stack: Any, make_settings: Any, engine_bundle: Path, tmp_path: Path, in_child: bool
 ) -> None:
     settings, env = make_settings(
         with_env=True,
         models__bundle_dir=str(engine_bundle),
+        worker__decider_process=str(in_child).lower(),
         **DELIVERY_OVERRIDES,
     )
     topics = settings.kafka.topics
@@ -117,6 +120,7 @@ async def test_every_transaction_gets_exactly_one_decision(
         recorded = await _recorded_frauds(settings, frauds)
     finally:
         assert worker.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    assert ("deciding in child process" in (tmp_path / "worker.log").read_text()) is in_child
 
     decisions = received[topics.decisions]
     ids = Counter(d["transaction_id"] for d in decisions)
