@@ -73,6 +73,13 @@ class EngineMetrics:
             ["reason"],
             registry=r,
         )
+        self.decider_late_batches = Counter(
+            "fraudstream_decider_late_batches",
+            "Batches the worker stopped waiting for: its decider child had not answered "
+            "within the deadline and its grace, so the worker emitted the deadline's "
+            "defaults itself (the child's own deadline defaults are not counted here).",
+            registry=r,
+        )
         self.pipeline_errors = Counter(
             "fraudstream_pipeline_errors",
             "Batches whose scoring raised; the configured default was emitted.",
@@ -323,6 +330,9 @@ class PrometheusEngineHooks:
 
     def decider_restarted(self, reason: str) -> None:
         self._m.decider_restarts.labels(reason).inc()
+
+    def decider_late(self) -> None:
+        self._m.decider_late_batches.inc()
 
 
 class PrometheusReconcileHooks:

@@ -178,6 +178,8 @@ class DeciderProcess:
                 reply = await answered
         except TimeoutError:
             self._forget(seq)
+            if self._engine_hooks is not None:
+                self._engine_hooks.decider_late()
             self._check_stalled(child)
             return self._defaults(transactions, now, timed_out=True)
         except (DeciderProcessDied, OSError) as exc:  # it died with the batch in hand

@@ -85,6 +85,7 @@ def exercise_every_hook(metrics: EngineMetrics) -> None:
     engine.feature_lookup(0.002, ok=True)
     engine.engine_error(RuntimeError("bug"))
     engine.decider_restarted("died")
+    engine.decider_late()
     totals = Totals(authorizations=4, settlements=3, matched=2, opened=4, closed=3, open=1)
     totals.exceptions = {"amount_mismatch": 1}
     reconcile.batch_reconciled(

@@ -214,8 +214,9 @@ def test_a_layer_can_have_a_latency_budget_of_its_own(tmp_path: Path) -> None:
     )
     settings = load_settings(path, {})
     assert settings.breaker.layer_latency_budget_ms == {"rules": 50.0}
+    # The environment's table is merged into the file's: the shipped rule budget stays.
     env = {"FRAUDSTREAM__BREAKER__LAYER_LATENCY_BUDGET_MS": '{"gnn": 35}'}
-    assert load_settings(None, env).breaker.layer_latency_budget_ms == {"gnn": 35.0}
+    assert load_settings(None, env).breaker.layer_latency_budget_ms == {"rules": 50, "gnn": 35}
 
 
 def test_a_budget_for_a_layer_that_does_not_exist_is_rejected_naming_it(tmp_path: Path) -> None:

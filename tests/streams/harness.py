@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 DELIVERY_OVERRIDES: dict[str, str] = {
     "scoring__deadline_ms": "30000",
     "breaker__latency_budget_ms": "30000",
+    "breaker__layer_latency_budget_ms": '{"rules": 30000}',  # the shipped one is tighter
 }
 
 

@@ -207,6 +207,7 @@ async def test_a_stalled_child_gets_deadline_defaults_then_is_replaced(
     assert not decision.degraded, "no new child answered within two minutes"
     sample = metrics.registry.get_sample_value
     assert sample("fraudstream_decider_restarts_total", {"reason": "stalled"}) == 1
+    assert sample("fraudstream_decider_late_batches_total", {}) >= 1
 
 
 async def test_the_real_engine_decides_in_the_child_with_its_metrics_here(

@@ -115,6 +115,7 @@ def rig(make_settings: Any, engine_bundle: Path) -> Rig:
         scoring__fallback_review_threshold="0.05",
         scoring__fallback_decline_threshold="0.95",
         breaker__latency_budget_ms=str(BUDGET_MS),
+        breaker__layer_latency_budget_ms=f'{{"rules": {BUDGET_MS}}}',  # one budget for all
         breaker__failure_threshold="2",
         breaker__reset_timeout_s=str(RESET_S),
         # Redis answers in time even on a loaded machine: only the injected layer fails.

@@ -113,6 +113,7 @@ def engine_settings(bundle_dir: Path, **env: str) -> Settings:
         "FRAUDSTREAM__MODELS__BUNDLE_DIR": str(bundle_dir),
         "FRAUDSTREAM__SCORING__DEADLINE_MS": "60000",
         "FRAUDSTREAM__BREAKER__LATENCY_BUDGET_MS": "60000",
+        "FRAUDSTREAM__BREAKER__LAYER_LATENCY_BUDGET_MS": '{"rules": 60000}',  # as generous
     }
     values.update(env)
     return load_settings(None, values)
