@@ -143,6 +143,10 @@ class ScoringSettings(_Section):
 LayerName = Literal["rules", "xgboost", "gnn", "iforest"]
 
 
+def _shipped_layer_budgets() -> dict[LayerName, float]:
+    return {"rules": 50.0}
+
+
 class BreakerSettings(_Section):
     failure_threshold: int = Field(default=3, ge=1)
     reset_timeout_s: float = Field(default=5.0, gt=0)
@@ -154,7 +158,7 @@ class BreakerSettings(_Section):
     # opened in 2 of 5 paced runs at 1,300/s on 2 cores (73-117 batches, up to half the
     # decisions degraded), at 50 ms in none of 5. The batch's deadline still bounds it.
     layer_latency_budget_ms: dict[LayerName, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=lambda: {"rules": 50.0}
+        default_factory=_shipped_layer_budgets
     )
     half_open_probes: int = Field(default=1, ge=1)
 
