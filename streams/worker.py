@@ -12,6 +12,10 @@ a thread every ``models.poll_interval_s`` and swapped in between batches). A
 ``challenger`` scores in shadow and decides the canary share of ``models.rollout_file``
 (:mod:`streams.routing`, :mod:`streams.rollout`); its decisions that do not act go to
 ``kafka.topics.decisions_shadow``.
+
+All of that deciding happens in a child process of the worker's own when
+``worker.decider_process`` is on (the default; :mod:`streams.decider_process`): the
+worker keeps Kafka, dedupe, the labels agent and the deadline.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ log = logging.getLogger(__name__)
 class ScoringParts:
     """What the agents need, built from settings; the tests build it with fakes."""
 
-    decider: BatchDecider  # a RoutedDecider (the benchmarks try others)
+    decider: BatchDecider  # a RoutedDecider, or a DeciderProcess holding one in a child
     apply_labels: Any  # (labels) -> int: the feature store's apply_labels
     info: EngineInfo  # the engine in force at start
     watcher: RegistryWatcher | None = None  # models.source = "registry"
