@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from fraudstream.drift import ReferenceHistogram, ScoreWindow
+from fraudstream.errors import ReportedError
 from streams.scoring import BatchOutcome, LabelOutcome
 
 if TYPE_CHECKING:
@@ -320,7 +321,8 @@ class PrometheusEngineHooks:
 
     def feature_store_error(self, error: BaseException) -> None:
         # An error the decider's child reported is labelled by its own type's name.
-        self._m.feature_store_errors.labels(getattr(error, "type_name", type(error).__name__)).inc()
+        name = error.type_name if isinstance(error, ReportedError) else type(error).__name__
+        self._m.feature_store_errors.labels(name).inc()
 
     def feature_lookup(self, seconds: float, ok: bool) -> None:
         self._m.feature_store_seconds.labels("ok" if ok else "error").observe(seconds)

@@ -176,13 +176,8 @@ class ScoringEngine:
         except Exception as exc:  # a bug must not stop the stream: fail to the configured default
             if self._on_engine_error is not None:
                 self._on_engine_error(exc)
-            return default_decisions(
-                batch.transactions,
-                self.scoring,
-                now,
-                reason=ENGINE_ERROR_REASON,
-                timeout_default=False,
-                model_version=self.model_version,
+            return engine_error_decisions(
+                batch.transactions, self.scoring, now, model_version=self.model_version
             )
 
     # --- the steps --------------------------------------------------------------------
@@ -368,6 +363,25 @@ def default_decisions(
         )
         for t in transactions
     ]
+
+
+def engine_error_decisions(
+    transactions: Sequence[Transaction],
+    settings: ScoringSettings,
+    now: datetime,
+    *,
+    model_version: str,
+) -> list[Decision]:
+    """The configured default for a batch the engine failed on (a bug, a dead decider
+    process): degraded, reason ``engine_error``, not a deadline default."""
+    return default_decisions(
+        transactions,
+        settings,
+        now,
+        reason=ENGINE_ERROR_REASON,
+        timeout_default=False,
+        model_version=model_version,
+    )
 
 
 def _decision(

@@ -42,7 +42,7 @@ from fraudstream.metrics import PrometheusEngineHooks
 from fraudstream.settings import Settings
 from fraudstream.wire import Decision, LabelEvent, Transaction
 from models.breaker import BreakerState
-from models.decide import ENGINE_ERROR_REASON, LayerReport, default_decisions
+from models.decide import LayerReport, default_decisions, engine_error_decisions
 from streams.decider_child import (
     Build,
     Decided,
@@ -338,17 +338,10 @@ class DeciderProcess:
     def _defaults(
         self, transactions: Sequence[Transaction], now: datetime, *, timed_out: bool
     ) -> list[Decision]:
-        scoring = self._settings.scoring
+        scoring, version = self._settings.scoring, self._model_version
         if timed_out:
-            return default_decisions(transactions, scoring, now, model_version=self._model_version)
-        return default_decisions(
-            transactions,
-            scoring,
-            now,
-            reason=ENGINE_ERROR_REASON,
-            timeout_default=False,
-            model_version=self._model_version,
-        )
+            return default_decisions(transactions, scoring, now, model_version=version)
+        return engine_error_decisions(transactions, scoring, now, model_version=version)
 
     @staticmethod
     def _exit_code(child: _Child | None) -> int | None:

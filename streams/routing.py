@@ -36,7 +36,7 @@ from fraudstream.errors import FeatureStoreError
 from fraudstream.settings import ScoringSettings
 from fraudstream.wire import Decision, Transaction, encode
 from models.base import ScoringBatch
-from models.decide import ENGINE_ERROR_REASON, Clock, Deadline, default_decisions
+from models.decide import Clock, Deadline, default_decisions, engine_error_decisions
 from streams.hotswap import LiveModel, ModelSet, Swap
 from streams.rollout import RolloutPlan, canary_mask
 from streams.scoring import Outgoing, wait_for_straggler
@@ -291,18 +291,10 @@ class RoutedDecider:
         now: datetime,
         timed_out: bool,
     ) -> list[Decision]:
+        version = champion.model_version
         if timed_out:
-            return default_decisions(
-                transactions, self._scoring, now, model_version=champion.model_version
-            )
-        return default_decisions(
-            transactions,
-            self._scoring,
-            now,
-            reason=ENGINE_ERROR_REASON,
-            timeout_default=False,
-            model_version=champion.model_version,
-        )
+            return default_decisions(transactions, self._scoring, now, model_version=version)
+        return engine_error_decisions(transactions, self._scoring, now, model_version=version)
 
     def _report(self, error: BaseException) -> None:
         if self._on_error is not None:
