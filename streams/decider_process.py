@@ -200,7 +200,9 @@ class DeciderProcess:
         if child is None or child.gone or not labels:
             return
         try:
-            child.send(self._encode(LabelsRequest(list(labels))))
+            # msgspec's module-level encode: this runs on the labels agent's thread,
+            # beside the scoring agent's use of self._encode.
+            child.send(msgspec.msgpack.encode(LabelsRequest(list(labels))))
         except OSError:
             child.gone = True
 
