@@ -72,6 +72,9 @@ class Decided(msgspec.Struct, tag="decided"):
     seq: int
     decisions: list[Decision]
     shadow: list[tuple[bytes | None, bytes]]  # (key, value) of each shadow decision
+    # The champion in force after this batch (a hot swap moves it), for the defaults
+    # the parent emits itself: a decision's own version may be the canary's.
+    champion_version: str
     # What the hooks recorded since the last reply, as (name, args...): a late
     # batch's breaker change rides with the next reply.
     events: list[Any]
@@ -251,7 +254,8 @@ async def decide_request(parts: ChildParts, request: DecideRequest, deadline_s: 
         request.transactions, request.now, budget_s=deadline_s - waited_s
     )
     shadow = [(o.key, o.value) for o in decider.take_shadow()]
-    return Decided(request.seq, decisions, shadow, [])
+    champion = decider.models.champion  # a RoutedDecider's ModelSet
+    return Decided(request.seq, decisions, shadow, champion.model_version, [])
 
 
 def _timers(settings: Settings, parts: ChildParts) -> Sequence[Any]:

@@ -268,8 +268,7 @@ class DeciderProcess:
                 if not isinstance(reply, Decided):
                     continue
                 replay(reply.events, self._engine_hooks, self._stream_hooks)
-                if reply.decisions:
-                    self._model_version = reply.decisions[0].model_version
+                self._model_version = reply.champion_version
                 with self._pending_lock:
                     waiting = self._pending.pop(reply.seq, None)
                     child.unanswered_since = None if not self._pending else time.monotonic()

@@ -253,6 +253,7 @@ class BudgetRecorder:
 
     def __init__(self) -> None:
         self.budgets: list[float | None] = []
+        self.models = SimpleNamespace(champion=SimpleNamespace(model_version="v3:recorded"))
 
     async def decide(
         self, transactions: Any, now: datetime, *, budget_s: float | None = None
@@ -273,7 +274,7 @@ async def test_the_child_gives_a_batch_what_is_left_of_the_deadline_since_it_was
     stale = DecideRequest(3, [], now, time.time() - 5.0)
     for request in (fresh, waited, stale):
         reply = await decide_request(parts, request, deadline_s=0.1)  # type: ignore[arg-type]
-        assert reply.seq == request.seq
+        assert (reply.seq, reply.champion_version) == (request.seq, "v3:recorded")
     first, second, third = recorder.budgets
     assert first is not None and 0.09 < first <= 0.1
     assert second is not None and 0.0 < second < 0.021
