@@ -277,7 +277,8 @@ class DeciderProcess:
         except (EOFError, OSError):
             pass
         child.gone = True
-        child.process.join(1.0)  # reaped, for its exit code
+        if not self._closed:  # closing, stop() reaps it: two threads waiting race for it
+            child.process.join(1.0)  # reaped, for its exit code
         died = DeciderProcessDied(self._exit_code(child))
         with self._pending_lock:
             waiting_all, self._pending = list(self._pending.values()), {}
