@@ -277,14 +277,17 @@ class DeciderProcess:
         except (EOFError, OSError):
             pass
         child.gone = True
-        if not self._closed:  # closing, stop() reaps it: two threads waiting race for it
+        # Closing, stop() reaps it: a second thread waiting for (or polling) the same
+        # process races it, and the loser sees no exit code at all.
+        closing = self._closed
+        if not closing:
             child.process.join(1.0)  # reaped, for its exit code
-        died = DeciderProcessDied(self._exit_code(child))
+        died = DeciderProcessDied(None if closing else self._exit_code(child))
         with self._pending_lock:
             waiting_all, self._pending = list(self._pending.values()), {}
         for waiting in waiting_all:
             waiting.get_loop().call_soon_threadsafe(_settle, waiting, None, died)
-        if not self._closed:
+        if not closing:
             log.error("%s; starting another", died)
             self._restart_in_background(child.why_gone)
 
