@@ -35,6 +35,9 @@ from tests.streams.test_dedupe import scrape
 pytestmark = [pytest.mark.integration]
 
 READY_S = 120.0
+# Transactions per second in the kill test's replay: well under one worker's capacity,
+# so the 50,000 transactions take ~60 s and the kills fall while they still arrive.
+REPLAY_RATE = 800.0
 
 
 @dataclass
@@ -149,7 +152,9 @@ async def run_with_workers(
         await disturb(
             pool,
             tail,
-            lambda part=messages: replay_produce(settings.kafka, topics.transactions, part),
+            lambda part=messages, **pacing: replay_produce(
+                settings.kafka, topics.transactions, part, **pacing
+            ),
         )
         await tail.wait(
             lambda got: {a["transaction_id"] for a in got[topics.authorizations]} >= ids,
@@ -177,7 +182,9 @@ async def test_a_worker_killed_every_few_seconds_loses_and_doubles_nothing(
 
     async def kill_and_restart(pool: WorkerPool, tail: TopicTail, replay: Any) -> None:
         await asyncio.gather(pool.start_ready(0), pool.start_ready(1))
-        producing = asyncio.ensure_future(replay())
+        # Paced so the stream outlasts three kills and restarts: unpaced, the surviving
+        # worker could decide the whole backlog while a restart still starts up.
+        producing = asyncio.ensure_future(replay(rate=REPLAY_RATE))
         decisions = settings.kafka.topics.decisions
         for _ in range(6):
             await asyncio.sleep(rng.uniform(2.0, 5.0))
