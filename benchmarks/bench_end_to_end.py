@@ -257,7 +257,7 @@ def _ensure_engine(settings: Settings) -> None:
     demo's small engine is trained there when there is none."""
     from rich.console import Console
 
-    from streams.demo import demo_simulation, ensure_engine
+    from streams.demo_engine import demo_simulation, ensure_engine
 
     ensure_engine(settings, demo_simulation(7), 7, Console(stderr=True))
 

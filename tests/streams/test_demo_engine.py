@@ -13,7 +13,7 @@ from rich.console import Console
 
 from fraudstream.errors import DefinitionsMismatchError
 from models.artifacts import load_artifacts, read_manifest, save_artifacts
-from streams import demo
+from streams import demo_engine
 from tests.training.factories import engine_settings
 from training.engine import ENGINE_FILE
 
@@ -38,14 +38,14 @@ def restamp(bundle: Path, **changes: Any) -> None:
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> TrainingSpy:
     spy = TrainingSpy()
-    monkeypatch.setattr(demo, "train_demo_engine", spy)
-    monkeypatch.setattr(demo, "register_demo_engine", lambda *args: None)
+    monkeypatch.setattr(demo_engine, "train_demo_engine", spy)
+    monkeypatch.setattr(demo_engine, "register_demo_engine", lambda *args: None)
     return spy
 
 
 def ensure(bundle: Path) -> str:
     console = Console(record=True, width=200)
-    demo.ensure_engine(engine_settings(bundle), None, 7, console)  # type: ignore[arg-type]
+    demo_engine.ensure_engine(engine_settings(bundle), None, 7, console)  # type: ignore[arg-type]
     return console.export_text()
 
 
@@ -65,7 +65,7 @@ def test_only_the_demo_engine_is_retrained_when_definitions_change(
 ) -> None:
     ours = tmp_path / "ours"
     shutil.copytree(engine_bundle, ours)
-    restamp(ours, definitions_hash="old", trained_on=f"{demo.DEMO_PREFIX} simulator seed 7")
+    restamp(ours, definitions_hash="old", trained_on=f"{demo_engine.DEMO_PREFIX} simulator seed 7")
     assert "out of date" in ensure(ours)
     assert spy.calls == [ours]
 
@@ -88,7 +88,7 @@ def test_a_trained_demo_engine_becomes_the_registry_champion(
     settings = engine_settings(engine_bundle, FRAUDSTREAM__MLFLOW__TRACKING_URI=uri)
     info = read_engine_info(engine_bundle)
     console = Console(record=True, width=200)
-    demo.register_demo_engine(settings, info, console)
+    demo_engine.register_demo_engine(settings, info, console)
     assert "@champion" in console.export_text()
     registry = MlflowRegistry(RegistryConfig.from_settings(settings.mlflow))
     champion = registry.champion()
