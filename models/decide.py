@@ -1,10 +1,10 @@
 """The pure decision function: a decoded batch plus its features in, decisions out.
 
-``streams/`` calls :meth:`ScoringEngine.decide` (through :class:`EnginePipeline`, which
-also fetches features and falls back to transaction-only features when the store is
-down). Nothing here does I/O of its own beyond what its layers do, reads a wall clock
-(``now`` is passed in; elapsed time comes from an injectable monotonic clock) or emits
-metrics: ``on_layer_result`` and ``on_breaker_change`` hand the lead what to export.
+``streams/`` calls :meth:`ScoringEngine.decide` with a batch from :class:`BatchFeatures`
+(the online store's features, else transaction-only ones when the store is down).
+Nothing here does I/O of its own beyond what its layers do, reads a wall clock (``now``
+is passed in; elapsed time comes from an injectable monotonic clock) or emits metrics:
+``on_layer_result`` and ``on_breaker_change`` hand the lead what to export.
 
 Per batch: the rule layer, then every learned layer, each behind its own circuit
 breaker; the meta-ensemble stacks what ran (its fallback stacker for whatever did not);
@@ -423,13 +423,36 @@ def _rows_check(rows: int) -> Callable[[RuleEvaluation], None]:
     return check
 
 
-class EnginePipeline:
-    """``streams.scoring.DecisionPipeline`` over an engine: fetches features, falls back
-    to transaction-only features when the store is down, and decides.
+class BatchFeatures:
+    """Features of a batch, fetched once (for the champion and any challenger): the
+    online store's, else the transaction-only features, flagged degraded.
 
-    ``features`` is the online store's batch lookup (raises ``FeatureStoreError`` when
-    down or slow); ``transaction_features`` computes what needs no store.
-    """
+    ``compute`` is the online store's batch lookup (raises ``FeatureStoreError`` when
+    down or slow); ``transaction_features`` computes what needs no store."""
+
+    def __init__(
+        self,
+        compute: Callable[[Sequence[Transaction]], FeatureMatrix],
+        transaction_features: Callable[[Sequence[Transaction]], FeatureMatrix],
+        on_error: Callable[[FeatureStoreError], None] | None = None,
+    ) -> None:
+        self._compute = compute
+        self._fallback = transaction_features
+        self._on_error = on_error
+
+    def __call__(self, transactions: Sequence[Transaction]) -> ScoringBatch:
+        try:
+            return ScoringBatch(transactions, self._compute(transactions))
+        except FeatureStoreError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+            return ScoringBatch(transactions, self._fallback(transactions), True)
+
+
+class EnginePipeline:
+    """``streams.scoring.DecisionPipeline`` over one engine: :class:`BatchFeatures`,
+    then the engine's decisions (the worker's ``streams.routing.RoutedDecider`` does the
+    same for a champion and a challenger)."""
 
     def __init__(
         self,
@@ -440,9 +463,7 @@ class EnginePipeline:
         on_feature_store_error: Callable[[FeatureStoreError], None] | None = None,
     ) -> None:
         self.engine = engine
-        self._features = features
-        self._transaction_features = transaction_features
-        self._on_store_error = on_feature_store_error
+        self._batch = BatchFeatures(features, transaction_features, on_feature_store_error)
 
     def decide(
         self, transactions: Sequence[Transaction], now: datetime, deadline: Deadline | None = None
@@ -450,13 +471,8 @@ class EnginePipeline:
         clock = self.engine.clock
         started = clock()
         deadline = deadline or Deadline.after_ms(self.engine.scoring.deadline_ms, clock)
-        try:
-            matrix, degraded = self._features(transactions), False
-        except FeatureStoreError as exc:
-            if self._on_store_error is not None:
-                self._on_store_error(exc)
-            matrix, degraded = self._transaction_features(transactions), True
+        batch = self._batch(transactions)
         # The feature lookup is part of deciding: a decision's decided_at and latency_ms
         # count it (the engine adds its own scoring time to the ``now`` it is given).
         now += timedelta(seconds=clock() - started)
-        return self.engine.decide(ScoringBatch(transactions, matrix, degraded), now, deadline)
+        return self.engine.decide(batch, now, deadline)

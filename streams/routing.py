@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from features.matrix import FeatureMatrix
-from fraudstream.errors import FeatureStoreError
 from fraudstream.settings import ScoringSettings
 from fraudstream.wire import Decision, Transaction, encode
 from models.base import ScoringBatch
@@ -65,29 +64,6 @@ class NoRoutingHooks:
 
     def models_swapped(self, swaps: Sequence[Swap]) -> None:
         return None
-
-
-class BatchFeatures:
-    """Features of a batch, fetched once for both models: the online store, else the
-    transaction-only features, flagged degraded (like :class:`models.decide.EnginePipeline`)."""
-
-    def __init__(
-        self,
-        compute: Callable[[Sequence[Transaction]], FeatureMatrix],
-        transaction_features: Callable[[Sequence[Transaction]], FeatureMatrix],
-        on_error: Callable[[FeatureStoreError], None] | None = None,
-    ) -> None:
-        self._compute = compute
-        self._fallback = transaction_features
-        self._on_error = on_error
-
-    def __call__(self, transactions: Sequence[Transaction]) -> ScoringBatch:
-        try:
-            return ScoringBatch(transactions, self._compute(transactions))
-        except FeatureStoreError as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
-            return ScoringBatch(transactions, self._fallback(transactions), True)
 
 
 def subset(batch: ScoringBatch, rows: Sequence[int]) -> ScoringBatch:

@@ -42,6 +42,7 @@ from fraudstream.metrics import (
 from fraudstream.settings import Settings
 from fraudstream.wire.pan import CardNumberIngress
 from fraudstream.wire.schemas import LabelEvent, Transaction
+from models.decide import BatchFeatures
 from models.gnn.refresh_process import ChildProcessEmbeddings
 from streams.agents import register_labels_agent, register_scoring_agent
 from streams.app import create_app, declare_topics
@@ -59,7 +60,7 @@ from streams.gnn_refresh import GnnRefresh
 from streams.hotswap import ModelSet, RegistryWatcher
 from streams.reconcile import ReconcileHooks, register_reconcile_agent
 from streams.rollout import FixedRollout, RolloutFile
-from streams.routing import BatchFeatures, RoutedDecider
+from streams.routing import RoutedDecider
 from streams.scoring import BatchDecider, StreamHooks
 from streams.topics import ensure_topics
 from training.bundle import EngineInfo
