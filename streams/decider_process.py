@@ -14,7 +14,9 @@ this side keeps what a payment pipeline relies on even when the child misbehaves
   background. Until the new one is ready, batches get the engine-error default
   (degraded, reason ``engine_error``), and each restart is counted
   (``fraudstream_decider_restarts_total``);
-- **labels**: forwarded to the child's GNN (:meth:`observe_labels`);
+- **labels**: forwarded to the child's GNN (:meth:`observe_labels`); those that arrive
+  while a child is being replaced are held (up to :data:`LABELS_HELD_MAX`) and sent to
+  the new one before its first batch;
 - **metrics**: the child's layer, breaker and feature-store reports ride with each
   reply and are replayed here on the worker's own hooks.
 """
@@ -28,6 +30,7 @@ import logging
 import multiprocessing as mp
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,6 +67,9 @@ log = logging.getLogger(__name__)
 # the child's loop. Past it, the deadline's defaults are emitted here.
 GRACE_SHARE = 0.25
 RESTART_BACKOFF_S = 5.0  # between attempts when a new child fails to start
+# Labels held for the next child while one is replaced (the oldest go first past it): a
+# restart takes seconds, and chargebacks arrive at a fraction of the transaction rate.
+LABELS_HELD_MAX = 50_000
 
 
 @dataclass
@@ -149,6 +155,11 @@ class DeciderProcess:
         self._pending_lock = threading.Lock()
         self._shadow: list[Outgoing] = []
         self._restarting = threading.Lock()
+        # Guards which child labels go to: the labels agent's thread sends while the
+        # restart thread swaps the child in, and no label may fall between the two.
+        self._labels_lock = threading.Lock()
+        self._labels_held: deque[LabelEvent] = deque(maxlen=LABELS_HELD_MAX)
+        self._labels_dropped = 0
         self._closed = False
         self._child: _Child | None = self._spawn()
         self.info = EngineInfo.from_json(self._child.ready.info)
@@ -194,17 +205,46 @@ class DeciderProcess:
         return taken
 
     def observe_labels(self, labels: Sequence[LabelEvent]) -> None:
-        """Forward labels to the child's GNN (called from the labels agent's thread).
-        A child being replaced misses them, as a restarted worker's GNN would."""
-        child = self._child
-        if child is None or child.gone or not labels:
+        """Forward labels to the child's GNN (called from the labels agent's thread);
+        held for the next child while one is being replaced."""
+        if not labels or self._closed:
             return
+        with self._labels_lock:
+            child = self._child
+            if child is None or child.gone or not self._send_labels(child, labels):
+                self._hold(labels)
+
+    def _send_labels(self, child: _Child, labels: Sequence[LabelEvent]) -> bool:
         try:
-            # msgspec's module-level encode: this runs on the labels agent's thread,
-            # beside the scoring agent's use of self._encode.
+            # msgspec's module-level encode: this runs on the labels agent's (or the
+            # restart) thread, beside the scoring agent's use of self._encode.
             child.send(msgspec.msgpack.encode(LabelsRequest(list(labels))))
         except OSError:
             child.gone = True
+            return False
+        return True
+
+    def _hold(self, labels: Sequence[LabelEvent]) -> None:
+        room = LABELS_HELD_MAX - len(self._labels_held)
+        self._labels_dropped += max(0, len(labels) - room)
+        self._labels_held.extend(labels)
+
+    def _swap_in(self, child: _Child) -> None:
+        """Make ``child`` the one that decides, after sending it the labels held."""
+        with self._labels_lock:
+            held = list(self._labels_held)
+            self._labels_held.clear()
+            if held and not self._send_labels(child, held):
+                self._hold(held)  # it is gone already: the next one gets them
+            if self._labels_dropped:
+                log.warning(
+                    "%d labels arrived while the decider child was replaced, past the "
+                    "%d held for the next one: its GNN misses the oldest of them",
+                    self._labels_dropped,
+                    LABELS_HELD_MAX,
+                )
+                self._labels_dropped = 0
+            self._child = child
 
     @property
     def pid(self) -> int | None:
@@ -322,7 +362,7 @@ class DeciderProcess:
                     log.error("a new decider child failed to start: %s", exc)
                     time.sleep(RESTART_BACKOFF_S)
                     continue
-                self._child = child
+                self._swap_in(child)
                 if self.closed:  # closed while it started: close() saw no child
                     self._child = None
                     child.stop()

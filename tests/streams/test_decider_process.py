@@ -192,6 +192,20 @@ async def test_a_child_that_dies_is_replaced_and_its_batch_gets_the_engine_error
     assert sample("fraudstream_decider_restarts_total", {"reason": "died"}) == 1
 
 
+async def test_labels_that_arrive_while_a_child_is_replaced_reach_the_new_one(
+    start_decider: Callable[..., tuple[DeciderProcess, EngineMetrics, Failures]],
+) -> None:
+    decider, _, _ = start_decider()
+    decider.observe_labels(labels(2))  # the first child's: gone with it
+    await decider.decide(transactions(CRASH), datetime.now(UTC))
+    # The batch's engine-error default came back once the child was seen gone, and a
+    # new one takes seconds to start: these arrive while there is none.
+    decider.observe_labels(labels(5))
+    decision = await decide_until(decider, lambda d: not d.degraded)
+    assert not decision.degraded, "no new child answered within two minutes"
+    assert decision.score == pytest.approx(0.005)  # the fake scores labels seen / 1000
+
+
 async def test_a_stalled_child_gets_deadline_defaults_then_is_replaced(
     start_decider: Callable[..., tuple[DeciderProcess, EngineMetrics, Failures]],
 ) -> None:
