@@ -43,6 +43,7 @@ ARGUMENTS: dict[str, tuple[list[str], list[str]]] = {
         ["--out", "{results}"],
         ["--quick", "--workers", "1,2", "--out", "{results}"],
     ),
+    "bench_profile": (["--out", "{results}"], ["--quick", "--out", "{results}"]),
     "bench_detection": (["--out", "{results}"], ["--quick", "--out", "{results}"]),
 }  # fmt: skip
 ORDER = (
@@ -51,6 +52,7 @@ ORDER = (
     "bench_layers",
     "bench_decision_step",
     "bench_end_to_end",
+    "bench_profile",
     "bench_detection",
 )
 
