@@ -31,26 +31,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks.feature_store_report import WARM_BATCH, EntityMemory, Results, Run, report
+from benchmarks.feature_store_stream import Stream, handbook_stream, simulated_stream
 from benchmarks.naive_feature_store import NaiveRedisFeatureStore
-from features.definitions import FEATURE_NAMES, INTEGER_FEATURES, LABEL_DELAY_MS
+from features.definitions import FEATURE_NAMES, INTEGER_FEATURES
 from features.matrix import FeatureMatrix
 from features.online import RedisFeatureStore, redis_client_for
 from features.table import epoch_ms
@@ -58,114 +57,8 @@ from fraudstream.settings import load_settings
 from fraudstream.wire.schemas import LabelEvent, Transaction
 
 BATCH_SIZES = (1, 64, 256, 1024)
-WARM_BATCH = 1024
 RESULTS = Path(__file__).resolve().parent / "results"
 _EXCLUDED_STATS = ("cmdstat_info", "cmdstat_config", "cmdstat_ping", "cmdstat_copy")
-
-
-# --- the stream ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stream:
-    source: str
-    warm: list[Transaction]  # warms the state
-    measure: list[Transaction]  # follows it; what is measured
-    labels: list[tuple[int, LabelEvent]]  # (label time ms, label), by label time
-
-
-def _handbook(path: Path, warm_days: int, measure_tx: int) -> Stream:
-    import pandas as pd
-
-    columns = ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT"]
-    raw = pd.read_parquet(path, columns=[*columns, "TX_FRAUD"])
-    cut = raw.TX_DATETIME.iloc[0].normalize() + pd.Timedelta(days=warm_days)
-    n_warm = int(raw.TX_DATETIME.searchsorted(cut))
-    raw = raw.iloc[: n_warm + measure_tx]
-    when = list(raw.TX_DATETIME.dt.tz_localize("UTC").dt.to_pydatetime())
-    txs = [
-        Transaction(
-            schema_version=1,
-            transaction_id=f"{tid:010d}",
-            event_time=at,
-            card_id=f"C{cust}",
-            terminal_id=f"T{term}",
-            amount=float(amount),
-            currency="EUR",
-        )
-        for tid, at, cust, term, amount in zip(
-            raw.TRANSACTION_ID.tolist(),
-            when,
-            raw.CUSTOMER_ID.tolist(),
-            raw.TERMINAL_ID.tolist(),
-            raw.TX_AMOUNT.tolist(),
-            strict=True,
-        )
-    ]
-    delay = timedelta(milliseconds=LABEL_DELAY_MS)
-    labels = [
-        (
-            epoch_ms(tx.event_time) + LABEL_DELAY_MS,
-            LabelEvent(
-                schema_version=1,
-                transaction_id=tx.transaction_id,
-                card_id=tx.card_id,
-                terminal_id=tx.terminal_id,
-                event_time=tx.event_time,
-                label_time=tx.event_time + delay,
-                is_fraud=True,
-                source="chargeback",
-            ),
-        )
-        for tx, fraud in zip(txs, raw.TX_FRAUD.tolist(), strict=True)
-        if fraud
-    ]
-    first, last = txs[0].event_time, txs[-1].event_time
-    source = (
-        f"handbook ({path.name}, {len(txs):,} transactions {first:%Y-%m-%d} to "
-        f"{last:%Y-%m-%d %H:%M}; {len(labels):,} fraud labels known 7 days after the payment; "
-        "no device, IP, location or merchant category, so those features are NaN)"
-    )
-    return Stream(source, txs[:n_warm], txs[n_warm:], sorted(labels, key=lambda x: x[0]))
-
-
-def _simulator(warm_days: int, measure_tx: int) -> Stream:
-    from fraudstream.simulator import SimulatorConfig, generate
-    from fraudstream.simulator.encode import to_transactions
-
-    cfg = SimulatorConfig(seed=1, n_cards=5_000, n_terminals=2_000, days=warm_days + 3)
-    data = generate(cfg)
-    frame = data.transactions
-    txs = to_transactions(frame)
-    cut = datetime.combine(cfg.start, datetime.min.time(), tzinfo=UTC) + timedelta(days=warm_days)
-    n_warm = sum(1 for tx in txs if tx.event_time < cut)
-    mcc = dict(zip(frame.transaction_id.tolist(), frame.mcc.tolist(), strict=True))
-    labels = []
-    for row in data.labels.itertuples(index=False):
-        label_time = row.label_time.to_pydatetime()
-        labels.append(
-            (
-                epoch_ms(label_time),
-                LabelEvent(
-                    schema_version=1,
-                    transaction_id=row.transaction_id,
-                    card_id=row.card_id,
-                    terminal_id=row.terminal_id,
-                    event_time=row.event_time.to_pydatetime(),
-                    label_time=label_time,
-                    is_fraud=bool(row.is_fraud),
-                    source=row.source,
-                    mcc=mcc.get(row.transaction_id),
-                ),
-            )
-        )
-    txs = txs[: n_warm + measure_tx]
-    source = (
-        f"simulator (seed 1, {cfg.n_cards:,} cards, {cfg.n_terminals:,} terminals; "
-        f"{len(txs):,} transactions with device, IP, location and merchant category; "
-        f"{len(labels):,} delayed labels)"
-    )
-    return Stream(source, txs[:n_warm], txs[n_warm:], sorted(labels, key=lambda x: x[0]))
 
 
 # --- Redis ---------------------------------------------------------------------------------
@@ -262,17 +155,6 @@ def warm(
 # --- memory --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EntityMemory:
-    design: str
-    entity: str
-    count: int
-    bytes_mean: float
-    bytes_p99: float
-    events_mean: float
-    events_p99: float
-
-
 def memory(client: Any, design: str, prefix: str) -> tuple[list[EntityMemory], int]:
     """Bytes and retained events per card / terminal (and in all) under ``prefix``."""
     keys = _keys(client, prefix)
@@ -315,31 +197,6 @@ def memory(client: Any, design: str, prefix: str) -> tuple[list[EntityMemory], i
 
 
 # --- measurement ---------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    design: str
-    batch: int
-    transactions: int
-    calls: int
-    seconds: float
-    client_cpu_seconds: float
-    call_p50_ms: float
-    call_p99_ms: float
-    redis_usec: int  # Redis-side time of the commands that did the work
-    redis_calls: int
-    redis_call_p50_us: float | None = None  # Redis latencystats, when it has them
-    redis_call_p99_us: float | None = None
-    round_trips: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tx_per_s(self) -> float:
-        return self.transactions / self.seconds
-
-    def per_tx_us(self, seconds: float) -> float:
-        return seconds * 1e6 / self.transactions
 
 
 def _latency(client: Any, command: str) -> tuple[float | None, float | None]:
@@ -406,17 +263,6 @@ def measure(
     return run, np.vstack(rows)
 
 
-@dataclass
-class Results:
-    runs: list[Run]
-    memory: list[EntityMemory]
-    total_bytes: dict[str, int]
-    warm_seconds: dict[str, float]
-    agreement: dict[str, float]
-    engine_consistent: bool
-    ping_us: dict[str, float]  # one PING: wall and client CPU, µs
-
-
 def ping(client: Any, n: int = 2_000) -> dict[str, float]:
     """What one round trip costs this client on this machine, doing nothing."""
     client.ping()
@@ -441,120 +287,6 @@ def agreement(engine: npt.NDArray[np.float64], naive: npt.NDArray[np.float64]) -
     return out
 
 
-# --- the report ----------------------------------------------------------------------------
-
-
-def _fmt(x: float | None, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:,.{digits}f}"
-
-
-def report(stream: Stream, res: Results, setup: str) -> str:
-    runs, warm_seconds = res.runs, res.warm_seconds
-    naive = next(r for r in runs if r.design == "naive")
-    lines = [
-        "# Online feature store: engine vs naive",
-        "",
-        f"- Stream: {stream.source}.",
-        f"- Warm-up: {len(stream.warm):,} transactions "
-        f"({stream.warm[0].event_time:%Y-%m-%d} to {stream.warm[-1].event_time:%Y-%m-%d}); "
-        f"engine through `compute` at batch {WARM_BATCH} in {warm_seconds['engine']:.1f} s "
-        f"({len(stream.warm) / warm_seconds['engine']:,.0f} tx/s), naive through its "
-        f"pipelined loader in {warm_seconds['naive']:.1f} s.",
-        f"- Measured: the next {len(stream.measure):,} transactions (naive: the first "
-        f"{naive.transactions:,} of them), each design and batch size from a copy of the "
-        "same warmed state. Fraud labels becoming known during the measured span are not "
-        "applied.",
-        f"- Machine: {setup}",
-        "",
-        "## Throughput and where the time goes",
-        "",
-        "Client = wall time per transaction in `compute` (client CPU in brackets); "
-        "Redis = server time of the commands doing the work (`INFO commandstats`: "
-        "`evalsha` for the engine, all commands for the naive store). The rest of the "
-        "client time is network, scheduling and waiting.",
-        "",
-        "| design | batch | tx | calls | tx/s | engine/naive | call p50 ms | call p99 ms "
-        "| client µs/tx (cpu) | Redis µs/tx | Redis share | Redis µs/call p50 / p99 "
-        "| round trips/tx |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in runs:
-        redis_tx = r.redis_usec / r.transactions
-        client_tx = r.per_tx_us(r.seconds)
-        ratio = r.tx_per_s / naive.tx_per_s if r.design == "engine" else 1.0
-        redis_call = (
-            f"{_fmt(r.redis_call_p50_us, 0)} / {_fmt(r.redis_call_p99_us, 0)}"
-            if r.redis_call_p50_us is not None
-            else f"{_fmt(r.redis_usec / max(r.redis_calls, 1))} (mean)"
-        )
-        lines.append(
-            f"| {r.design} | {r.batch if r.design == 'engine' else '-'} | {r.transactions:,} "
-            f"| {r.calls:,} | {r.tx_per_s:,.0f} | {ratio:,.1f}x | {r.call_p50_ms:.3f} "
-            f"| {r.call_p99_ms:.3f} | {client_tx:,.1f} ({r.per_tx_us(r.client_cpu_seconds):,.1f}) "
-            f"| {redis_tx:,.1f} | {redis_tx / client_tx:.0%} | {redis_call} "
-            f"| {r.redis_calls / r.transactions:.2f} |"
-        )
-    big = max((r for r in runs if r.design == "engine"), key=lambda r: r.batch)
-    inner, n = big.extra.get("script_commands", {}), big.transactions
-    if inner:
-        lines += [
-            "",
-            f"Inside the script at batch {big.batch}, per transaction (Redis counts the "
-            "commands a script runs in `commandstats` too; the rest of the script's time "
-            "is Lua): "
-            + ", ".join(
-                f"{k} {v['calls'] / n:.1f} calls {v['usec'] / n:.1f} µs"
-                for k, v in list(inner.items())[:8]
-            )
-            + ".",
-        ]
-    lines += [
-        "",
-        f"One `PING` round trip on this client and machine: {res.ping_us['wall']:.0f} µs "
-        f"wall, {res.ping_us['client_cpu']:.0f} µs of it client CPU (redis-py). The naive "
-        "store pays that per command; over a real network each also costs the network's "
-        "round-trip time, which the engine pays once per batch.",
-        "",
-        "## Memory after warm-up",
-        "",
-        "`MEMORY USAGE <key> SAMPLES 0` summed over each entity's keys (engine: card "
-        "`:z` + `:h`, terminal `:z` + `:f`; naive: card `:z`, terminal `:z` + `:f`); "
-        "events = entries of the entity's event log.",
-        "",
-        "| design | entity | entities | bytes mean | bytes p99 | events mean | events p99 "
-        "| bytes/event |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for m in res.memory:
-        per_event = m.bytes_mean / m.events_mean if m.events_mean else float("nan")
-        lines.append(
-            f"| {m.design} | {m.entity} | {m.count:,} | {m.bytes_mean:,.0f} | {m.bytes_p99:,.0f} "
-            f"| {m.events_mean:,.1f} | {m.events_p99:,.0f} | {_fmt(per_event, 0)} |"
-        )
-    lines += [
-        "",
-        "Total of the keys: " + ", ".join(f"{k} {v:,} bytes" for k, v in res.total_bytes.items()),
-    ]
-    agree = res.agreement
-    worst = sorted(agree.items(), key=lambda kv: kv[1])[:5]
-    lines += [
-        "",
-        "## Same features?",
-        "",
-        f"On the {naive.transactions:,} transactions both computed from the same state, "
-        f"{statistics.fmean(agree.values()):.2%} of feature values agree (counts exactly, "
-        "others within 1e-9 relative, NaN = NaN); least: "
-        + ", ".join(f"`{k}` {v:.2%}" for k, v in worst)
-        + ". The engine's rows are "
-        + ("identical" if res.engine_consistent else "**not identical**")
-        + " at every batch size.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -577,9 +309,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     use_handbook = args.data == "handbook" or (args.data == "auto" and handbook_path.exists())
     t0 = time.perf_counter()
     if use_handbook:
-        stream = _handbook(handbook_path, warm_days, n_measure)
+        stream = handbook_stream(handbook_path, warm_days, n_measure)
     else:
-        stream = _simulator(warm_days, n_measure)
+        stream = simulated_stream(warm_days, n_measure)
     print(f"stream: {stream.source} (loaded in {time.perf_counter() - t0:.1f} s)", flush=True)
 
     cpus = os.cpu_count() or 1
