@@ -144,7 +144,7 @@ async def _measure(decider: object, transactions: Sequence[object], sizes: Seque
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from benchmarks.bench_end_to_end import _ensure_engine, _messages
+    from benchmarks.bench_end_to_end import ensure_engine_bundle, simulated_messages
     from streams.scoring import NoHooks
     from streams.worker import build_scoring
 
@@ -157,10 +157,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     per_size, warm = (2_000, 5_000) if args.quick else (8_000, 15_000)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = load_settings(None, os.environ)
-    _ensure_engine(settings)
+    ensure_engine_bundle(settings)
     needed = warm + sum(max(20, per_size // s) * s for s in sizes)
     decoder = transaction_decoder(settings.kafka.max_message_bytes, None)
-    transactions = decoder.decode([v for _, v in _messages(needed, seed=11)]).items
+    transactions = decoder.decode([v for _, v in simulated_messages(needed, seed=11)]).items
     with shared_dev_stack(settings.devstack) as stack:
         env = {k: v for k, v in os.environ.items() if k.startswith("FRAUDSTREAM__")}
         env["FRAUDSTREAM__REDIS__URL"] = stack.redis_url

@@ -68,7 +68,7 @@ import msgspec
 from benchmarks.cpu_meter import HARNESS, CpuMeter
 from benchmarks.e2e_report import Collected, Run, finished, median_drain, plots, report
 from features.table import epoch_ms
-from fraudstream.devstack.testing import shared_dev_stack
+from fraudstream.devstack.testing import TestStack, shared_dev_stack
 from fraudstream.settings import Settings, load_settings
 from streams.replay import Message, messages_from_frame, produce
 from streams.topics import ensure_topics
@@ -88,7 +88,16 @@ SYSTEM_ENV: dict[str, dict[str, str]] = {
 }
 
 
-def _env(base: dict[str, str], suffix: str, partitions: int) -> dict[str, str]:
+def stack_env(stack: TestStack, base: dict[str, str]) -> dict[str, int]:
+    """Point ``base`` (the workers' environment) at the dev stack; the pids of its
+    broker and Redis by role, for the CPU meter (none for an external stack)."""
+    base["FRAUDSTREAM__KAFKA__BOOTSTRAP_SERVERS"] = json.dumps(stack.bootstrap_servers)
+    base["FRAUDSTREAM__REDIS__URL"] = stack.redis_url
+    pids = (("kafka", stack.kafka_pid), ("redis", stack.redis_pid))
+    return {role: pid for role, pid in pids if pid is not None}
+
+
+def run_env(base: dict[str, str], suffix: str, partitions: int) -> dict[str, str]:
     env = dict(base)
     for key in ("TRANSACTIONS", "DECISIONS", "DEADLETTER", "LABELS", "DECISIONS_SHADOW"):
         env[f"FRAUDSTREAM__KAFKA__TOPICS__{key}"] = f"bench-{suffix}-{key.lower()}"
@@ -106,8 +115,10 @@ class Workers:
         import subprocess
 
         self.procs = []
+        app_id = env["FRAUDSTREAM__WORKER__APP_ID"]
+        self.logs = [logs / f"{system}-{app_id}-{i}.log" for i in range(n)]
         for i in range(n):
-            log = (logs / f"{system}-{env['FRAUDSTREAM__WORKER__APP_ID']}-{i}.log").open("w")
+            log = self.logs[i].open("w")
             worker_env = {
                 **os.environ,
                 **env,
@@ -129,7 +140,7 @@ class Workers:
                 proc.kill()
 
 
-async def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> Collected:
+async def collect(settings: Settings, wanted: set[str], timeout_s: float) -> Collected:
     """(broker timestamp ms, event time ms, decided_at ms) of the first decision of each
     transaction in ``wanted``, and how many of those were deadline defaults or degraded,
     until all arrived or nothing new came for ``timeout_s``."""
@@ -182,7 +193,7 @@ class _Stamps(msgspec.Struct):
     degraded: bool = False
 
 
-def _ids(messages: Sequence[Message]) -> set[str]:
+def transaction_ids(messages: Sequence[Message]) -> set[str]:
     return {json.loads(v)["transaction_id"] for _, v in messages}
 
 
@@ -202,7 +213,7 @@ def measure(
     ``services`` (role -> pid: the broker's, Redis's) are metered with the workers."""
     services = services or {}
     suffix = f"{system}{workers}-{uuid.uuid4().hex[:6]}"
-    env = _env(base_env, suffix, partitions)
+    env = run_env(base_env, suffix, partitions)
     settings = load_settings(None, env)
     asyncio.run(ensure_topics(settings.kafka))
     topic = settings.kafka.topics.transactions
@@ -216,14 +227,15 @@ def measure(
     runs = []
     try:
         with CpuMeter(roles, alone=[HARNESS]) as meter:
-            got = asyncio.run(_collect(settings, _ids(messages), timeout_s=120))
+            got = asyncio.run(collect(settings, transaction_ids(messages), timeout_s=120))
             peak = Run(system, workers, "peak", None, len(messages), 0, 0.0)
             runs.append(finished(peak, got, meter, latency=False))
             for rate in rates:
                 fresh = [(k, _renamed(v)) for k, v in messages[:rate_messages]]
 
                 async def live(rate: float = rate, fresh: list[Message] = fresh) -> Collected:
-                    collector = asyncio.create_task(_collect(settings, _ids(fresh), timeout_s=30))
+                    wanted = transaction_ids(fresh)
+                    collector = asyncio.create_task(collect(settings, wanted, timeout_s=30))
                     await produce(settings.kafka, topic, fresh, rate=rate, live=True)
                     return await collector
 
@@ -242,7 +254,7 @@ def _renamed(value: bytes) -> bytes:
     return json.dumps(doc).encode()
 
 
-def _messages(n: int, seed: int) -> list[Message]:
+def simulated_messages(n: int, seed: int) -> list[Message]:
     from fraudstream.simulator import SimulatorConfig, generate
 
     # ~2 payments per card and day: enough cards and days for n transactions.
@@ -252,7 +264,7 @@ def _messages(n: int, seed: int) -> list[Message]:
     return messages_from_frame(generate(config).transactions.head(n))
 
 
-def _ensure_engine(settings: Settings) -> None:
+def ensure_engine_bundle(settings: Settings) -> None:
     """The engine and naive workers score with the bundle at ``models.bundle_dir``: the
     demo's small engine is trained there when there is none."""
     from rich.console import Console
@@ -281,17 +293,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.mkdir(exist_ok=True)
     settings = load_settings(None, os.environ)
     base_env = {k: v for k, v in os.environ.items() if k.startswith("FRAUDSTREAM__")}
-    messages = _messages(n, seed=11)
-    _ensure_engine(settings)
+    messages = simulated_messages(n, seed=11)
+    ensure_engine_bundle(settings)
     runs: list[Run] = []
     with shared_dev_stack(settings.devstack) as stack:
-        base_env["FRAUDSTREAM__KAFKA__BOOTSTRAP_SERVERS"] = json.dumps(stack.bootstrap_servers)
-        base_env["FRAUDSTREAM__REDIS__URL"] = stack.redis_url
-        services = {
-            name: pid
-            for name, pid in (("kafka", stack.kafka_pid), ("redis", stack.redis_pid))
-            if pid is not None
-        }
+        services = stack_env(stack, base_env)
         fractions = [float(f) for f in args.fractions.split(",") if f]
         systems = [s for s in args.systems.split(",") if s]
         drains: dict[str, list[Run]] = {s: [] for s in systems}

@@ -36,8 +36,16 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.bench_end_to_end import RESULTS, Workers, _collect, _ensure_engine, _env, _ids
-from benchmarks.bench_end_to_end import _messages as simulated_messages
+from benchmarks.bench_end_to_end import (
+    RESULTS,
+    Workers,
+    collect,
+    ensure_engine_bundle,
+    run_env,
+    simulated_messages,
+    stack_env,
+    transaction_ids,
+)
 from benchmarks.e2e_report import Seen
 from benchmarks.profile_parts import ProcessProfile, parse_raw, per_decision_us, profile
 from fraudstream.devstack.testing import shared_dev_stack
@@ -103,28 +111,22 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     settings = load_settings(None, os.environ)
     base_env = {k: v for k, v in os.environ.items() if k.startswith("FRAUDSTREAM__")}
     messages = simulated_messages(args.transactions, seed=11)
-    _ensure_engine(settings)
+    ensure_engine_bundle(settings)
     logs = args.out / "e2e-logs"
     logs.mkdir(parents=True, exist_ok=True)
     stacks = args.out / "profile-stacks.txt"
     with shared_dev_stack(settings.devstack) as stack:
-        base_env["FRAUDSTREAM__KAFKA__BOOTSTRAP_SERVERS"] = json.dumps(stack.bootstrap_servers)
-        base_env["FRAUDSTREAM__REDIS__URL"] = stack.redis_url
-        services = {
-            name: pid
-            for name, pid in (("Redis", stack.redis_pid), ("Kafka", stack.kafka_pid))
-            if pid is not None
-        }
-        env = _env(base_env, f"profile-{uuid.uuid4().hex[:6]}", 4)
+        services = {role.capitalize(): pid for role, pid in stack_env(stack, base_env).items()}
+        env = run_env(base_env, f"profile-{uuid.uuid4().hex[:6]}", 4)
         run_settings = load_settings(None, env)
         asyncio.run(ensure_topics(run_settings.kafka))
         asyncio.run(produce(run_settings.kafka, run_settings.kafka.topics.transactions, messages))
         workers = Workers("engine", 1, env, logs)
-        worker = workers.procs[0]
-        log = logs / f"engine-{env['FRAUDSTREAM__WORKER__APP_ID']}-0.log"
+        worker, log = workers.procs[0], workers.logs[0]
 
         async def drain_and_sample() -> tuple[Seen, Span]:
-            collector = asyncio.create_task(_collect(run_settings, _ids(messages), timeout_s=120))
+            wanted = transaction_ids(messages)
+            collector = asyncio.create_task(collect(run_settings, wanted, timeout_s=120))
             await asyncio.to_thread(_wait_ready, log, worker)
             await asyncio.sleep(args.warmup_s)
             span = await asyncio.to_thread(
