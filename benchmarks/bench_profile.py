@@ -166,6 +166,7 @@ def summary(
                 "pid": pid,
                 "process": process.kind,
                 "samples": process.samples,
+                "idle_samples": process.idle,
                 "cpu_us_per_decision": cpu * 1e6 / max(decisions, 1),
                 "parts_us_per_decision": per_decision_us(process, cpu, decisions),
             }
@@ -210,10 +211,12 @@ def report(result: dict[str, object]) -> str:
             if result["ended_early"]
             else []
         ),
-        "Each sampled stack is charged to the most specific named part; a part's "
-        "figure is its share of its process's samples times the CPU time the process "
-        "used over the span (on a saturated machine py-spy also samples threads that "
-        "wait for a core, so samples exceed CPU time).",
+        "Each sampled stack is charged to the most specific named part; samples of a "
+        "thread blocked in the kernel (select, a pipe or socket read, an idle pool "
+        "thread) are dropped. A part's figure is its share of its process's busy "
+        "samples times the CPU time the process used over the span: on a saturated "
+        "machine py-spy also samples threads that wait for a core, so busy samples "
+        "exceed CPU time.",
         "",
         "Reproduce: `.venv/bin/python -m benchmarks.bench_profile` (part of `make bench`); "
         "the parts are defined in `benchmarks/profile_parts.py`, the collapsed stacks "
@@ -221,16 +224,17 @@ def report(result: dict[str, object]) -> str:
         "",
         "## CPU per decision, by process",
         "",
-        "| process | pid | µs of CPU per decision | samples |",
-        "|---|---:|---:|---:|",
+        "| process | pid | µs of CPU per decision | busy samples | idle samples |",
+        "|---|---:|---:|---:|---:|",
     ]
     total = 0.0
     for row in rows:
         us = float(row["cpu_us_per_decision"])  # type: ignore[arg-type]
         total += us
-        lines.append(f"| {row['process']} | {row['pid']} | {us:,.0f} | {row.get('samples', '-')} |")
+        busy, idle = row.get("samples", "-"), row.get("idle_samples", "-")
+        lines.append(f"| {row['process']} | {row['pid']} | {us:,.0f} | {busy} | {idle} |")
     lines += [
-        f"| **all of these** | | **{total:,.0f}** | |",
+        f"| **all of these** | | **{total:,.0f}** | | |",
         "",
         f"With every core busy on these alone, {os.cpu_count()} cores would sustain at most "
         f"~{(os.cpu_count() or 1) * 1e6 / max(total, 1):,.0f} decisions/s.",

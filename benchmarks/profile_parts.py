@@ -2,15 +2,16 @@
 
 ``py-spy record --subprocesses --format raw`` writes one line per distinct stack: the
 frames from the root down, ``;``-separated, then the sample count. With
-``--subprocesses`` each stack starts with a ``process PID:"command line"`` frame for
-the sampled process (and one for each ancestor process being sampled). A sample is
-charged to one named part: the one that names the leaf-most frame of its stack (the
-first in the list when several name that frame). Leaf-most because parts nest: the
-reason codes run XGBoost's explanation, which runs XGBoost, and Faust's consume path
-runs under the micro-batcher; the sample belongs to the most specific of them. A stack
-no part names goes to the event loop and threads when it runs in them (waking, task
-switching), else to ``other``; a process's start-up (importing modules) is a part of its
-own, whatever the imported code runs.
+``--subprocesses`` each stack starts with a ``process PID:"command line"`` frame for the
+sampled process (and one for each ancestor process being sampled). A sample is charged
+to one named part: the one that names the leaf-most frame of its stack (the first in the
+list when several name that frame). Leaf-most because parts nest: the reason codes run
+XGBoost's explanation, which runs XGBoost, and Faust's consume path runs under the
+micro-batcher; the sample belongs to the most specific of them. A stack no part names
+goes to the event loop and threads when it runs in them (waking, task switching), else
+to ``other``. Samples of a thread blocked in the kernel are not charged at all
+(:data:`IDLE_LEAVES`). A process's start-up (importing modules) is a part of its own,
+whatever the imported code runs.
 """
 
 from __future__ import annotations
@@ -61,6 +62,19 @@ PARTS_BY_KIND: Mapping[str, Parts] = {
     GNN_REFRESH: (("GNN embeddings (the encoder)", ("models/gnn/",)),),
 }
 OTHER = "other"
+# Leaf frames of a thread blocked in the kernel: waiting in the event loop's select, an
+# idle pool thread waiting for work, a pipe or socket read waiting for the other side
+# (Redis's own time is Redis's), a lock or condition wait. py-spy's own idle detection
+# lets many of these through (over a third of a process's samples in one run), so they
+# are dropped here by their leaf.
+IDLE_LEAVES = (
+    "EpollSelector.select (selectors.py",
+    "_worker (concurrent/futures/thread.py",
+    "Connection._recv (multiprocessing/connection.py",
+    "Connection._poll (multiprocessing/connection.py",
+    ".wait (threading.py",
+    "_HiredisParser.read_from_socket (redis/",
+)
 
 _LOOP_CALLBACK = "Handle._run (asyncio/events.py"
 _LOOP_ITSELF = "BaseEventLoop._run_once (asyncio/base_events.py"
@@ -73,7 +87,8 @@ class ProcessProfile:
 
     pid: int
     kind: str = OTHER_PROCESS
-    samples: int = 0
+    samples: int = 0  # busy ones: the idle ones are only counted
+    idle: int = 0
     parts: Counter[str] = field(default_factory=Counter)
 
     def shares(self) -> dict[str, float]:
@@ -116,6 +131,11 @@ def process_kind(pid: int, worker_pid: int, frames: Iterable[str]) -> str:
     return OTHER_PROCESS
 
 
+def is_idle(frames: Sequence[str]) -> bool:
+    """Whether a sample caught its thread blocked (:data:`IDLE_LEAVES`)."""
+    return bool(frames) and any(leaf in frames[-1] for leaf in IDLE_LEAVES)
+
+
 def part_of(frames: Sequence[str], parts: Parts) -> str:
     """The part a stack is charged to (module doc). On an event loop only the callback
     it runs counts (below ``Handle._run``): the frames above are the same for every
@@ -133,8 +153,8 @@ def part_of(frames: Sequence[str], parts: Parts) -> str:
         for part, markers in (IMPORTS, *parts):
             if any(marker in frame for marker in markers):
                 return part
-    part, markers = EVENT_LOOP
-    return part if any(m in frame for frame in inner for m in markers) else OTHER
+    part, markers = EVENT_LOOP  # e.g. the loop calling a callback: Handle._run itself
+    return part if any(m in frame for frame in frames for m in markers) else OTHER
 
 
 def profile(stacks: Sequence[Stack], worker_pid: int) -> dict[int, ProcessProfile]:
@@ -148,6 +168,9 @@ def profile(stacks: Sequence[Stack], worker_pid: int) -> dict[int, ProcessProfil
     }
     for stack in stacks:
         process = out[stack.pid]
+        if is_idle(stack.frames):
+            process.idle += stack.count
+            continue
         process.samples += stack.count
         process.parts[part_of(stack.frames, PARTS_BY_KIND.get(process.kind, ()))] += stack.count
     return out

@@ -34,9 +34,9 @@ def test_only_the_decisions_of_the_sampled_span_count() -> None:
 
 def test_the_report_names_each_process_its_parts_and_the_ceiling() -> None:
     text = report(made_up(last_decision_ms=30_000))
-    assert "| worker (Faust process) | 100 | 800 | 10 |" in text
-    assert "| Redis | 7 | 400 | - |" in text
-    assert "| **all of these** | | **1,400** | |" in text
+    assert "| worker (Faust process) | 100 | 800 | 10 | 0 |" in text
+    assert "| Redis | 7 | 400 | - | - |" in text
+    assert "| **all of these** | | **1,400** | | |" in text
     assert "| features (Redis script round trip) | 200.0 | 100% |" in text
     assert "ended inside the sampled span" not in text
 

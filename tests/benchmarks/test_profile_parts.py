@@ -86,6 +86,7 @@ def test_on_an_event_loop_only_the_callback_counts() -> None:
     assert (
         part_of((*CALLBACK, "Task.__step (asyncio/tasks.py:267)"), worker_parts) == (EVENT_LOOP[0])
     )
+    assert part_of(CALLBACK, worker_parts) == EVENT_LOOP[0]  # calling the callback
     consume = (
         *CALLBACK,
         "EventBatcher._read (streams/batching.py:90)",
@@ -136,6 +137,20 @@ def test_processes_get_their_kind_from_any_stack_and_their_samples_by_part() -> 
         "pipe (decode, encode, metrics events)": pytest.approx(0.25),
     }
     assert processes[102].parts == {"GNN embeddings (the encoder)": 4}
+
+
+def test_samples_of_a_blocked_thread_are_counted_idle_not_charged() -> None:
+    stacks = parse_raw(
+        [
+            line(WORKER_CMD, *LOOP, "EpollSelector.select (selectors.py:468)", count=5),
+            line(WORKER_CMD, "Thread._bootstrap (threading.py:1002)",
+                 "_worker (concurrent/futures/thread.py:81)", count=4),
+            line(WORKER_CMD, *CALLBACK, "decode_batch (streams/scoring.py:110)", count=3),
+        ]
+    )  # fmt: skip
+    worker = profile(stacks, worker_pid=100)[100]
+    assert (worker.samples, worker.idle) == (3, 9)
+    assert worker.shares() == {"decode transactions": 1.0}
 
 
 def test_a_parts_cost_per_decision_is_its_share_of_the_process_cpu() -> None:
