@@ -16,7 +16,7 @@ failed to evaluate; every decision lists the layers that ran.
 
 Deadline: a CPU-bound layer cannot be interrupted from inside its thread, so the
 caller runs ``decide`` in a worker thread under ``asyncio.wait_for`` and, when that
-times out, emits :func:`default_decisions` itself. Inside, ``decide`` checks the
+times out, emits :func:`models.decisions.default_decisions` itself. Inside, ``decide`` checks the
 :class:`Deadline` before each layer and at the end, and returns the timeout defaults
 rather than a late decision.
 """
@@ -35,9 +35,10 @@ import numpy.typing as npt
 from features.matrix import FeatureMatrix
 from fraudstream.errors import CircuitOpenError, FeatureStoreError, LayerError
 from fraudstream.settings import BreakerSettings, ScoringSettings
-from fraudstream.wire.schemas import SCHEMA_VERSION, Decision, Outcome, Reason, Transaction
+from fraudstream.wire.schemas import Decision, Transaction
 from models.base import Scorer, Scores, ScoringBatch
 from models.breaker import BreakerState, CircuitBreaker, StateListener, validate_scores
+from models.decisions import decision_record, default_decisions, engine_error_decisions
 from models.ensemble import EnsembleScorer, MetaModel
 from models.reasons import ReasonSettings, layer_explanations, merge_reasons
 from models.rules import RuleEvaluation, RuleSet, RulesScorer
@@ -45,15 +46,6 @@ from models.rules import RuleEvaluation, RuleSet, RulesScorer
 T = TypeVar("T")
 Clock = Callable[[], float]
 LayerStatus = Literal["ok", "slow", "error", "skipped", "deadline"]
-
-TIMEOUT_REASON = Reason(
-    code="TIMEOUT_DEFAULT",
-    text="decision deadline passed; configured default applied",
-    layer="engine",
-)
-ENGINE_ERROR_REASON = Reason(
-    code="ENGINE_ERROR", text="scoring failed; configured default applied", layer="engine"
-)
 
 
 @dataclass(frozen=True)
@@ -242,7 +234,7 @@ class ScoringEngine:
         version = self._version(evaluation.ruleset if evaluation is not None else None)
         decided_at = now + timedelta(seconds=self._clock() - start)
         return [
-            _decision(
+            decision_record(
                 tx,
                 str(outcomes[i]),
                 float(probability[i]),
@@ -329,90 +321,6 @@ def decide(
 ) -> list[Decision]:
     """Functional spelling of :meth:`ScoringEngine.decide`."""
     return engine.decide(batch, now, deadline)
-
-
-def default_decisions(
-    transactions: Sequence[Transaction],
-    settings: ScoringSettings,
-    now: datetime,
-    *,
-    reason: Reason = TIMEOUT_REASON,
-    timeout_default: bool = True,
-    model_version: str = "default",
-    layers_run: Sequence[str] = (),
-) -> list[Decision]:
-    """The configured default action for every transaction (fail-open ``approve`` or
-    fail-closed ``review``/``decline``), flagged degraded and, for the deadline path,
-    ``timeout_default``. The score is nominal: 0 for approve, else the threshold of the
-    action, so a consumer thresholding on score agrees with the decision."""
-    action: Outcome = settings.default_action
-    score = {"approve": 0.0, "review": settings.review_threshold}.get(
-        action, settings.decline_threshold
-    )
-    return [
-        _decision(
-            t,
-            action,
-            score,
-            [reason],
-            model_version,
-            layers_run=layers_run,
-            degraded=True,
-            decided_at=now,
-            timeout_default=timeout_default,
-        )
-        for t in transactions
-    ]
-
-
-def engine_error_decisions(
-    transactions: Sequence[Transaction],
-    settings: ScoringSettings,
-    now: datetime,
-    *,
-    model_version: str,
-) -> list[Decision]:
-    """The configured default for a batch the engine failed on (a bug, a dead decider
-    process): degraded, reason ``engine_error``, not a deadline default."""
-    return default_decisions(
-        transactions,
-        settings,
-        now,
-        reason=ENGINE_ERROR_REASON,
-        timeout_default=False,
-        model_version=model_version,
-    )
-
-
-def _decision(
-    tx: Transaction,
-    outcome: str,
-    score: float,
-    reasons: list[Reason],
-    model_version: str,
-    *,
-    layers_run: Sequence[str],
-    degraded: bool,
-    decided_at: datetime,
-    timeout_default: bool = False,
-) -> Decision:
-    return Decision(
-        schema_version=SCHEMA_VERSION,
-        transaction_id=tx.transaction_id,
-        card_id=tx.card_id,
-        decision=outcome,  # type: ignore[arg-type]
-        score=score,
-        reasons=reasons,
-        model_version=model_version,
-        layers_run=list(layers_run),
-        degraded=degraded,
-        latency_ms=max(0.0, (decided_at - tx.event_time).total_seconds() * 1000.0),
-        event_time=tx.event_time,
-        decided_at=decided_at,
-        amount=tx.amount,
-        currency=tx.currency,
-        timeout_default=timeout_default,
-    )
 
 
 def _rows_check(rows: int) -> Callable[[RuleEvaluation], None]:

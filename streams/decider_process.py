@@ -45,7 +45,8 @@ from fraudstream.metrics import PrometheusEngineHooks
 from fraudstream.settings import Settings
 from fraudstream.wire import Decision, LabelEvent, Transaction
 from models.breaker import BreakerState
-from models.decide import LayerReport, default_decisions, engine_error_decisions
+from models.decide import LayerReport
+from models.decisions import default_decisions, engine_error_decisions
 from streams.decider_child import (
     Build,
     Decided,

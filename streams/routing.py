@@ -35,7 +35,8 @@ from features.matrix import FeatureMatrix
 from fraudstream.settings import ScoringSettings
 from fraudstream.wire import Decision, Transaction, encode
 from models.base import ScoringBatch
-from models.decide import Clock, Deadline, default_decisions, engine_error_decisions
+from models.decide import Clock, Deadline
+from models.decisions import default_decisions, engine_error_decisions
 from streams.hotswap import LiveModel, ModelSet, Swap
 from streams.rollout import RolloutPlan, canary_mask
 from streams.scoring import Outgoing, wait_for_straggler

@@ -31,8 +31,8 @@ from models.decide import (
     LayerReport,
     ScoringEngine,
     decide,
-    default_decisions,
 )
+from models.decisions import default_decisions
 from models.ensemble import MetaModel
 from models.ensemble.stacking import sigmoid
 from models.reasons import ReasonSettings
@@ -406,19 +406,6 @@ def test_a_deadline_from_the_caller_is_honoured() -> None:
     decisions = rig.engine.decide(scoring_batch(), NOW, expired)
     assert all(d.timeout_default and d.layers_run == [] for d in decisions)
     assert all(layer.calls == 0 for layer in rig.layers.values())
-
-
-@pytest.mark.parametrize(("action", "score"), [("approve", 0.0), ("review", 0.3), ("decline", 0.8)])
-def test_default_decisions_carry_the_action_and_a_matching_nominal_score(
-    action: str, score: float
-) -> None:
-    scoring = SCORING.model_copy(update={"default_action": action})
-    txs = scoring_batch().transactions[:3]
-    decisions = default_decisions(txs, scoring, NOW)
-    assert [(d.decision, d.score, d.timeout_default) for d in decisions] == [
-        (action, score, True)
-    ] * 3
-    assert all(msgspec.json.decode(msgspec.json.encode(d), type=Decision) == d for d in decisions)
 
 
 def test_a_hung_layer_under_wait_for_gives_timeout_defaults_and_opens_its_breaker() -> None:

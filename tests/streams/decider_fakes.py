@@ -19,7 +19,8 @@ from fraudstream.errors import FeatureStoreTimeout, NoChampionError
 from fraudstream.settings import Settings
 from fraudstream.wire import Decision, LabelEvent, Transaction
 from models.breaker import BreakerState
-from models.decide import LayerReport, default_decisions
+from models.decide import LayerReport
+from models.decisions import default_decisions
 from streams.decider_child import HookEvents
 from streams.scoring import Outgoing
 from training.bundle import EngineInfo

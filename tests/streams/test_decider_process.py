@@ -25,7 +25,7 @@ from fraudstream.metrics import (
 )
 from fraudstream.settings import Settings
 from fraudstream.wire import LabelEvent, Transaction
-from models.decide import ENGINE_ERROR_REASON, TIMEOUT_REASON
+from models.decisions import ENGINE_ERROR_REASON, TIMEOUT_REASON
 from streams.decider_child import Build, DecideRequest, decide_request
 from streams.decider_process import DeciderProcess
 from streams.worker import build_scoring_in_child
