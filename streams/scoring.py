@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from fraudstream.wire import BatchDecoder, Decision, LabelEvent, Transaction, encode
 from fraudstream.wire.decode import Rejected, dead_letter_record
-from fraudstream.wire.schemas import SCHEMA_VERSION, RejectKind
+from fraudstream.wire.schemas import RejectKind
+from models.decisions import decision_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,21 +277,15 @@ class PlaceholderPipeline:
 
     def decide(self, transactions: Sequence[Transaction], now: datetime) -> list[Decision]:
         return [
-            Decision(
-                schema_version=SCHEMA_VERSION,
-                transaction_id=t.transaction_id,
-                card_id=t.card_id,
-                decision="approve",
-                score=0.0,
-                reasons=[],
-                model_version=self.model_version,
-                layers_run=[],
+            decision_record(
+                t,
+                "approve",
+                0.0,
+                [],
+                self.model_version,
+                layers_run=(),
                 degraded=True,
-                latency_ms=max(0.0, (now - t.event_time).total_seconds() * 1000.0),
-                event_time=t.event_time,
                 decided_at=now,
-                amount=t.amount,
-                currency=t.currency,
             )
             for t in transactions
         ]
