@@ -73,6 +73,21 @@ def engine_error_decisions(
     )
 
 
+def fallback_decisions(
+    transactions: Sequence[Transaction],
+    settings: ScoringSettings,
+    now: datetime,
+    *,
+    timed_out: bool,
+    model_version: str,
+) -> list[Decision]:
+    """The deadline's defaults (``timed_out``), else the engine-error defaults: what a
+    decider emits for a batch it could not decide."""
+    if timed_out:
+        return default_decisions(transactions, settings, now, model_version=model_version)
+    return engine_error_decisions(transactions, settings, now, model_version=model_version)
+
+
 def decision_record(
     tx: Transaction,
     outcome: str,

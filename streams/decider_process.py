@@ -46,7 +46,7 @@ from fraudstream.settings import Settings
 from fraudstream.wire import Decision, LabelEvent, Transaction
 from models.breaker import BreakerState
 from models.decide import LayerReport
-from models.decisions import default_decisions, engine_error_decisions
+from models.decisions import fallback_decisions
 from streams.decider_child import (
     Build,
     Decided,
@@ -384,10 +384,13 @@ class DeciderProcess:
     def _defaults(
         self, transactions: Sequence[Transaction], now: datetime, *, timed_out: bool
     ) -> list[Decision]:
-        scoring, version = self._settings.scoring, self._model_version
-        if timed_out:
-            return default_decisions(transactions, scoring, now, model_version=version)
-        return engine_error_decisions(transactions, scoring, now, model_version=version)
+        return fallback_decisions(
+            transactions,
+            self._settings.scoring,
+            now,
+            timed_out=timed_out,
+            model_version=self._model_version,
+        )
 
     @staticmethod
     def _exit_code(child: _Child | None) -> int | None:

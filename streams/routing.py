@@ -36,7 +36,7 @@ from fraudstream.settings import ScoringSettings
 from fraudstream.wire import Decision, Transaction, encode
 from models.base import ScoringBatch
 from models.decide import Clock, Deadline
-from models.decisions import default_decisions, engine_error_decisions
+from models.decisions import fallback_decisions
 from streams.hotswap import LiveModel, ModelSet, Swap
 from streams.rollout import RolloutPlan, canary_mask
 from streams.scoring import Outgoing, wait_for_straggler
@@ -269,9 +269,9 @@ class RoutedDecider:
         timed_out: bool,
     ) -> list[Decision]:
         version = champion.model_version
-        if timed_out:
-            return default_decisions(transactions, self._scoring, now, model_version=version)
-        return engine_error_decisions(transactions, self._scoring, now, model_version=version)
+        return fallback_decisions(
+            transactions, self._scoring, now, timed_out=timed_out, model_version=version
+        )
 
     def _report(self, error: BaseException) -> None:
         if self._on_error is not None:

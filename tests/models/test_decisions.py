@@ -14,6 +14,7 @@ from models.decisions import (
     TIMEOUT_REASON,
     default_decisions,
     engine_error_decisions,
+    fallback_decisions,
 )
 
 NOW = datetime(2026, 3, 25, 12, 0, tzinfo=UTC)
@@ -56,3 +57,13 @@ def test_engine_error_decisions_are_the_default_action_but_not_a_deadline_defaul
     assert decision.degraded and not decision.timeout_default
     assert decision.reasons == [ENGINE_ERROR_REASON]
     assert (decision.model_version, decision.layers_run) == ("v9", [])
+
+
+@pytest.mark.parametrize("timed_out", [True, False])
+def test_fallback_decisions_pick_the_deadline_or_the_engine_error_default(timed_out: bool) -> None:
+    [decision] = fallback_decisions(
+        transactions(1), SCORING, NOW, timed_out=timed_out, model_version="v3"
+    )
+    assert decision.timeout_default is timed_out
+    assert decision.reasons == [TIMEOUT_REASON if timed_out else ENGINE_ERROR_REASON]
+    assert decision.model_version == "v3" and decision.degraded
